@@ -1,0 +1,67 @@
+# Chorus: the two set-up commands are `make serve` and `make test`; both install what they need.
+PY_BOOT ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+export HOST PORT
+# libgomp spin-waits by default; on a shared 2-core box that starves every other process.
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: serve test train evaluate bench bench-load lint deps dev-deps dataset chromium clean
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: $(VENV)/.deps requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+deps: $(VENV)/.deps
+dev-deps: $(VENV)/.dev-deps
+
+## Fashion-MNIST from Debian when no copy is found (FASHION_MNIST_DIR or the Debian path).
+dataset:
+	@if [ -n "$$FASHION_MNIST_DIR" ] || [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then :; \
+	else $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+## Without SECRET_KEY, a random key is made once in instance/ (gitignored, mode 600) and reused,
+## so sessions survive restarts; ADMIN_PASSWORD stays unset unless given (admin answers 403).
+SECRET_KEY_FILE := instance/secret_key
+
+serve: deps
+	mkdir -p instance
+	@if [ -z "$$SECRET_KEY" ] && [ ! -s $(SECRET_KEY_FILE) ]; then \
+		(umask 077 && $(PY) -c 'import secrets; print(secrets.token_hex(32))' > $(SECRET_KEY_FILE)) \
+		&& chmod 600 $(SECRET_KEY_FILE) \
+		&& echo "SECRET_KEY not set: created $(SECRET_KEY_FILE), reused on the next start"; fi
+	SECRET_KEY="$${SECRET_KEY:-$$(cat $(SECRET_KEY_FILE))}" FLASK_DEBUG=$${FLASK_DEBUG:-0} \
+		exec $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
+
+test: dev-deps dataset chromium
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+train: deps dataset
+	$(PY) -m ensembles.train $(TRAIN_ARGS)
+
+evaluate: deps dataset
+	$(PY) -m ensembles.evaluate $(EVAL_ARGS)
+
+bench: deps dataset
+	$(PY) -m bench.forward
+	$(PY) -m bench.load
+
+lint: dev-deps
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

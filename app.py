@@ -1,0 +1,176 @@
+"""Chorus: ``create_app`` builds the Flask app (configuration, extensions, blueprints, models).
+
+There is no module-level app: gunicorn runs ``app:create_app()`` and tests call it with a
+``test_config``. Models load once per process here (once per master with ``preload_app``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+import store
+from ensembles.bundle import load_bundle
+from models.preprocess import DEFAULT_MAX_PIXELS
+from models.registry import ARTIFACT_ROOT
+from store.db import DatabaseUrlError
+from views import (
+    ab,
+    admin,
+    api,
+    bagging,
+    boosting,
+    errors,
+    health,
+    hooks,
+    main,
+    samples,
+    stacking,
+    templating,
+)
+from views.service import LoadedModels
+from views.simulate import simulate_command
+
+log = logging.getLogger("chorus")
+csrf = CSRFProtect()
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+#: Room for multipart boundaries and the other form fields on top of the file itself.
+FORM_OVERHEAD_BYTES = 64 * 1024
+_ENV_KEYS = (
+    "SECRET_KEY",
+    "ADMIN_PASSWORD",
+    "DATABASE_URL",
+    "MODEL_VERSION",
+    "MAX_UPLOAD_MB",
+    "AB_SPLIT",
+    "ARTIFACT_ROOT",
+    "LOG_LEVEL",
+)
+
+
+class ConfigError(RuntimeError):
+    """The environment is unusable; the message names the variable and how to fix it."""
+
+
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    """Parse a numeric setting, refusing to start on nonsense rather than misbehave later."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ConfigError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
+    """Defaults, then the environment (DESIGN.md's variables), then ``test_config``; validated."""
+    app.config.from_mapping(
+        SECRET_KEY=None,
+        ADMIN_PASSWORD=None,
+        DATABASE_URL="sqlite:///" + os.path.join(app.instance_path, "chorus.db"),
+        MODEL_VERSION=None,
+        MAX_UPLOAD_MB=10,
+        AB_SPLIT=0.5,
+        ARTIFACT_ROOT=ARTIFACT_ROOT,
+        LOG_LEVEL="INFO",
+        MAX_IMAGE_PIXELS=DEFAULT_MAX_PIXELS,
+        BUNDLE=None,
+        WTF_CSRF_TIME_LIMIT=None,  # a result page left open for hours can still take feedback
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    app.config.from_mapping({k: os.environ[k] for k in _ENV_KEYS if os.environ.get(k)})
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    config = app.config
+    config["AB_SPLIT"] = _number("AB_SPLIT", config["AB_SPLIT"], 0.0, 1.0)
+    config["MAX_UPLOAD_MB"] = _number("MAX_UPLOAD_MB", config["MAX_UPLOAD_MB"], 0.001, 1024)
+    config["MAX_UPLOAD_BYTES"] = int(config["MAX_UPLOAD_MB"] * 2**20)
+    config["LOG_LEVEL"] = str(config["LOG_LEVEL"]).strip().upper()
+    if config["LOG_LEVEL"] not in logging.getLevelNamesMapping():
+        raise ConfigError(
+            f"LOG_LEVEL must be one of debug, info, warning, error, critical; "
+            f"got {config['LOG_LEVEL']!r}"
+        )
+    if not (test_config and "MAX_CONTENT_LENGTH" in test_config):
+        config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_BYTES"] + FORM_OVERHEAD_BYTES
+    if not config["SECRET_KEY"]:
+        if not (app.debug or app.testing):
+            raise ConfigError(
+                "SECRET_KEY is not set. Export a long random value, e.g. "
+                "SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))'), the "
+                "same for every worker; or set FLASK_DEBUG=1 for local development."
+            )
+        config["SECRET_KEY"] = secrets.token_hex(32)
+        log.warning("SECRET_KEY not set: using a random key (debug/testing only)")
+
+
+def configure_logging(app: Flask) -> None:
+    """Log lines carry the request id; under pytest the capture handlers are left alone."""
+    root = logging.getLogger()
+    if app.testing:
+        return
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    for handler in root.handlers:
+        if not any(isinstance(f, hooks.RequestIdFilter) for f in handler.filters):
+            handler.addFilter(hooks.RequestIdFilter())
+    root.setLevel(app.config["LOG_LEVEL"])
+
+
+def set_torch_threads() -> None:
+    """One intra-op thread by default: gunicorn runs several workers on few cores."""
+    threads = int(_number("TORCH_THREADS", os.environ.get("TORCH_THREADS", 1), 1, 256))
+    torch.set_num_threads(threads)
+
+
+def load_models(app: Flask) -> None:
+    """Load and warm the ensembles once; without them the app runs but is not ready (503)."""
+    bundle = app.config["BUNDLE"]
+    if bundle is None:
+        try:
+            root = Path(app.config["ARTIFACT_ROOT"])
+            bundle = load_bundle(app.config["MODEL_VERSION"], root=root)
+            bundle.warm_up()
+        except Exception as exc:  # ArtifactError, or anything a broken artifact raises
+            log.exception("no model loaded; /readyz and predictions answer 503 until fixed")
+            app.extensions["chorus_models"] = LoadedModels(None, f"{type(exc).__name__}: {exc}")
+            return
+    app.extensions["chorus_models"] = LoadedModels(bundle)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build one configured app; raises ``ConfigError`` on an unusable environment."""
+    app = Flask(__name__, instance_relative_config=True)
+    configure(app, test_config)
+    configure_logging(app)
+    set_torch_threads()
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep contract and class order
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    hooks.init_app(app)  # first, so requests refused by CSRF still get an id
+    csrf.init_app(app)
+    csrf.exempt(api.bp)
+    try:
+        store.init_app(app)
+    except DatabaseUrlError as exc:
+        raise ConfigError(str(exc)) from exc
+    templating.init_app(app)
+    for module in (main, bagging, boosting, stacking, ab, api, admin, health, errors):
+        app.register_blueprint(module.bp)
+    app.cli.add_command(simulate_command)
+
+    load_models(app)
+    samples.gallery()  # read the test split now, shared by forked workers
+    return app

@@ -1,0 +1,144 @@
+"""`python -m ensembles.evaluate [--json]`: test-set and photo-like accuracy, NLL and ECE.
+
+Reports every member and every strategy of an artifact on the 10,000 Fashion-MNIST test images
+(never used for fitting), plus accuracy on a photo-like set generated from the same test images
+and pushed through the upload preprocessing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ensembles import aggregation, metrics
+from ensembles.base import Ensemble
+from models.data import load_fashion_mnist, to_tensor
+
+log = logging.getLogger(__name__)
+PHOTO_SEED = 2024
+#: The manifest also records accuracy on the first N test images, so a test can check in seconds
+#: that a shipped artifact still reproduces what training measured.
+HEAD_N = 1000
+
+
+def predict_all(
+    ensemble: Ensemble, images: np.ndarray, batch_size: int = 1000, desc: str | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Final ``(N, C)`` and member ``(K, N, C)`` probabilities of one ensemble over uint8 images."""
+    finals, members, names = [], [], None
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=not desc):
+        result = ensemble.predict(to_tensor(images[start : start + batch_size]))
+        finals.append(result.probabilities)
+        members.append(result.member_probabilities)
+        names = result.member_names
+    return np.concatenate(finals), np.concatenate(members, axis=1), names or []
+
+
+def evaluate_ensembles(
+    ensembles: Mapping[str, Ensemble], images: np.ndarray, labels: np.ndarray, desc: str = "test"
+) -> dict:
+    """Metrics per strategy and per member (members scored once, from the largest ensemble)."""
+    out: dict = {"strategies": {}, "members": {}, "variants": {}, "n": int(len(labels))}
+    head = min(HEAD_N, len(labels))
+    out["head"] = {"n": head, "accuracy": {}}
+    for name, ensemble in ensembles.items():
+        probs, member_probs, names = predict_all(ensemble, images, desc=f"{desc}: {name}")
+        out["strategies"][name] = metrics.summary(probs, labels)
+        out["head"]["accuracy"][name] = round(metrics.accuracy(probs[:head], labels[:head]), 6)
+        for member, p in zip(names, member_probs, strict=True):
+            out["members"].setdefault(member, metrics.summary(p, labels))
+        if name == "bagging":
+            hard = aggregation.vote(member_probs)
+            out["variants"]["bagging_hard_vote"] = round(metrics.accuracy(hard, labels), 6)
+        if name == "boosting":
+            discrete = aggregation.vote(member_probs, np.asarray(ensemble.alphas_))
+            out["variants"]["boosting_discrete_samme"] = round(
+                metrics.accuracy(discrete, labels), 6
+            )
+    return out
+
+
+def photo_like_canvases(
+    images: np.ndarray, labels: np.ndarray, n: int, seed: int = PHOTO_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render ``n`` test images as photo-like uploads and map them back through preprocessing."""
+    from models.photoset import build_photo_set
+    from models.preprocess import to_uint8_canvas
+
+    photos = build_photo_set(images, labels, n=n, seed=seed)
+    canvases = [
+        to_uint8_canvas(data) for data, _ in tqdm(photos, desc="photo-like set", leave=False)
+    ]
+    return np.stack(canvases), np.asarray([label for _, label in photos], dtype=np.int64)
+
+
+def evaluate_photo_like(
+    ensembles: Mapping[str, Ensemble], images: np.ndarray, labels: np.ndarray, n: int
+) -> dict:
+    """Accuracy of every strategy on the photo-like set."""
+    canvases, photo_labels = photo_like_canvases(images, labels, n)
+    report = evaluate_ensembles(ensembles, canvases, photo_labels, desc="photo")
+    return {
+        "n": int(len(photo_labels)),
+        "seed": PHOTO_SEED,
+        "strategies": {k: v["accuracy"] for k, v in report["strategies"].items()},
+        "best_member": max(v["accuracy"] for v in report["members"].values()),
+    }
+
+
+def _table(report: dict) -> str:
+    lines = [f"model version {report['version']}  (test n={report['test']['n']})", ""]
+    lines.append(f"{'':22}{'accuracy':>10}{'NLL':>10}{'ECE':>10}")
+    for group in ("strategies", "members"):
+        for name, m in report["test"][group].items():
+            lines.append(f"{name:22}{m['accuracy']:>10.4f}{m['nll']:>10.4f}{m['ece']:>10.4f}")
+        lines.append("")
+    for name, acc in report["test"]["variants"].items():
+        lines.append(f"{name:22}{acc:>10.4f}")
+    if "photo" in report:
+        lines.append("")
+        lines.append(
+            f"photo-like uploads (n={report['photo']['n']}, seed {report['photo']['seed']}):"
+        )
+        for name, acc in report["photo"]["strategies"].items():
+            lines.append(f"{name:22}{acc:>10.4f}")
+    lines.append(f"\nseconds: {report['seconds']:.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate an artifact and print a table (or one JSON object with --json)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", default=None, help="artifact version (default: newest)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test images")
+    parser.add_argument("--photo-size", type=int, default=2000, help="photo-like images (0: skip)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.json else logging.INFO)
+
+    from ensembles.bundle import load_bundle
+
+    started = time.perf_counter()
+    bundle = load_bundle(args.version)
+    data = load_fashion_mnist()
+    images, labels = data.test_images[: args.limit], data.test_labels[: args.limit]
+    report = {
+        "version": bundle.version,
+        "test": evaluate_ensembles(bundle.ensembles, images, labels),
+    }
+    if args.photo_size:
+        report["photo"] = evaluate_photo_like(bundle.ensembles, images, labels, args.photo_size)
+    report["seconds"] = time.perf_counter() - started
+    sys.stdout.write((json.dumps(report, indent=2) if args.json else _table(report)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

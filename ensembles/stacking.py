@@ -1,0 +1,185 @@
+"""Stacking: a logistic-regression meta-model over the members' class probabilities.
+
+The meta-model is fitted on a held-out *blend* split that no member trained on (not out-of-fold:
+K-fold OOF would train every member K more times, which a 2-core CPU cannot afford; the cost of
+the blend split is that members see ~17% less data). At serve time the meta-model is plain
+arrays (``coef``, ``intercept``), never a pickle.
+
+Fallback: when the meta-model is missing or corrupt, raises, or answers anything that is not a
+finite probability distribution — or when a member it needs has failed — the answer comes from
+the best surviving single member (by validation accuracy recorded at training), and the result
+says ``fallback = {reason, model}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ensembles.base import Ensemble, Fallback, MemberOutputs, Result
+from ensembles.trainer import member_probabilities
+
+log = logging.getLogger(__name__)
+EPS = 1e-7
+
+
+def meta_features(member_probs: np.ndarray) -> np.ndarray:
+    """``(K, N, C)`` member probabilities -> ``(N, K*C)`` clipped log-probabilities."""
+    k, n, c = member_probs.shape
+    return np.log(np.clip(member_probs, EPS, 1.0)).transpose(1, 0, 2).reshape(n, k * c)
+
+
+def is_distribution(probs: np.ndarray, n: int, c: int, atol: float = 1e-4) -> bool:
+    """True when ``probs`` is an ``(n, c)`` array of finite, non-negative rows summing to one."""
+    return (
+        isinstance(probs, np.ndarray)
+        and probs.shape == (n, c)
+        and bool(np.all(np.isfinite(probs)))
+        and bool(np.all(probs >= 0))
+        and bool(np.allclose(probs.sum(axis=1), 1.0, atol=atol))
+    )
+
+
+@dataclass
+class MetaModel:
+    """Multinomial logistic regression as plain arrays: softmax(features @ coef.T + intercept)."""
+
+    coef: np.ndarray  # (C, K*C)
+    intercept: np.ndarray  # (C,)
+
+    def predict_proba(self, member_probs: np.ndarray) -> np.ndarray:
+        z = meta_features(member_probs) @ self.coef.T + self.intercept
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef, "intercept": self.intercept}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> MetaModel:
+        return cls(coef=np.asarray(arrays["coef"]), intercept=np.asarray(arrays["intercept"]))
+
+
+def fit_meta_model(
+    member_probs: np.ndarray, labels: np.ndarray, c_grid: Sequence[float], cv: int, seed: int
+) -> tuple[MetaModel, float]:
+    """Pick C by cross-validated log-loss on the blend split, then refit on all of it."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    x = meta_features(member_probs)
+    folds = min(cv, int(np.bincount(labels).min()))
+    best_c, best_score = c_grid[0], -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if folds >= 2 and len(c_grid) > 1:
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            for c in c_grid:
+                model = LogisticRegression(C=c, max_iter=2000)
+                score = cross_val_score(
+                    model, x, labels, cv=splitter, scoring="neg_log_loss"
+                ).mean()
+                log.info("meta-model C=%g: CV log-loss %.4f", c, -score)
+                if score > best_score:
+                    best_c, best_score = c, score
+        model = LogisticRegression(C=best_c, max_iter=2000).fit(x, labels)
+    n_classes = member_probs.shape[2]
+    coef = np.zeros((n_classes, x.shape[1]))
+    intercept = np.full(n_classes, -1e3)  # classes absent from the blend split are never chosen
+    coef[model.classes_] = model.coef_
+    intercept[model.classes_] = model.intercept_
+    return MetaModel(coef=coef, intercept=intercept), float(best_c)
+
+
+class Stacking(Ensemble):
+    """Members' probabilities -> meta-model, with a best-single-member fallback."""
+
+    strategy = "stacking"
+
+    def __init__(self, c_grid: Sequence[float] = (0.01, 0.1, 1.0), cv: int = 5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.c_grid = tuple(c_grid)
+        self.cv = cv
+        self.meta_: MetaModel | None = None
+        self.meta_error_: str | None = "meta-model not fitted"
+
+    def fit(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        blend_idx: np.ndarray,
+        member_train_indices: Sequence[np.ndarray],
+    ) -> Stacking:
+        """Fit the meta-model on ``blend_idx``, which must be disjoint from every member's data."""
+        for name, used in zip(self.member_names_, member_train_indices, strict=True):
+            overlap = np.intersect1d(used, blend_idx)
+            if overlap.size:
+                raise ValueError(
+                    f"member {name} trained on {overlap.size} blend images; stacking must fit "
+                    "only on predictions for images its members did not train on"
+                )
+        probs = member_probabilities(self.bank, images[blend_idx], desc="stacking features")
+        y = labels[blend_idx]
+        self.member_val_accuracy_ = [float(a) for a in (probs.argmax(-1) == y).mean(axis=1)]
+        self.meta_, self.meta_c_ = fit_meta_model(probs, y, self.c_grid, self.cv, self.factory.seed)
+        self.meta_error_ = None
+        return self
+
+    def set_meta(
+        self, meta: MetaModel | None, member_val_accuracy: Sequence[float], error: str | None = None
+    ) -> Stacking:
+        """Install a meta-model loaded from an artifact (``None`` plus ``error`` when it is bad)."""
+        self.meta_ = meta
+        self.meta_error_ = error if meta is None else None
+        self.member_val_accuracy_ = [float(a) for a in member_val_accuracy]
+        return self
+
+    @property
+    def best_member_(self) -> str:
+        return self.member_names_[int(np.argmax(self.member_val_accuracy_))]
+
+    def _member_weights(self) -> np.ndarray:
+        """Each member's share of the meta-model's absolute coefficients: its influence."""
+        k = len(self.member_names_)
+        if self.meta_ is None:
+            return np.full(k, 1.0 / k)
+        per_member = (
+            np.abs(self.meta_.coef).reshape(self.meta_.coef.shape[0], k, -1).sum(axis=(0, 2))
+        )
+        return per_member / per_member.sum()
+
+    def _meta_failure(self, outputs: MemberOutputs) -> tuple[str | None, np.ndarray | None]:
+        """Run the meta-model; return (reason it cannot be trusted, probabilities)."""
+        if outputs.degraded:
+            return f"member(s) {', '.join(outputs.degraded)} failed, meta-model needs all", None
+        if self.meta_ is None:
+            return self.meta_error_ or "meta-model missing", None
+        n, c = outputs.probabilities.shape[1:]
+        try:
+            probs = self.meta_.predict_proba(outputs.probabilities)
+        except Exception as exc:
+            log.exception("stacking meta-model raised")
+            return f"meta-model raised {type(exc).__name__}: {exc}", None
+        if not is_distribution(probs, n, c):
+            return "meta-model output is not a finite probability distribution", None
+        return None, probs
+
+    def _combine(self, outputs: MemberOutputs) -> Result:
+        self._require_members(outputs)
+        reason, probs = self._meta_failure(outputs)
+        weights = self._member_weights()[outputs.alive]
+        fallback = None
+        if reason is not None:
+            accuracy = np.asarray(self.member_val_accuracy_)[outputs.alive]
+            best = int(np.argmax(accuracy))
+            fallback = Fallback(reason=reason, model=outputs.names[best])
+            log.warning("stacking falls back to %s: %s", fallback.model, reason)
+            probs = outputs.probabilities[best]
+            weights = np.eye(len(outputs.names))[best]
+        return self._result(outputs, probs, weights, fallback)

@@ -1,0 +1,78 @@
+"""Gunicorn settings for Chorus, all from the environment (DESIGN.md, "Configuration").
+
+``gunicorn -c gunicorn.conf.py 'app:create_app()'`` (what ``make serve`` and the Dockerfile run).
+Every setting below can still be overridden on the command line or in ``GUNICORN_CMD_ARGS``.
+
+variable                   default         meaning
+HOST, PORT                 127.0.0.1 8000  where to listen (the container sets HOST=0.0.0.0)
+WEB_CONCURRENCY            2               worker processes (CPU-bound: one per core)
+GUNICORN_THREADS           1               threads per worker (>1 switches to gthread)
+TORCH_THREADS              1               torch intra-op threads per worker (app.py)
+GUNICORN_TIMEOUT           30              seconds before a silent worker is killed
+GUNICORN_GRACEFUL_TIMEOUT  30              seconds a worker gets to finish on restart/stop
+GUNICORN_KEEPALIVE         5               idle keep-alive seconds (sync workers ignore it)
+GUNICORN_ACCESS_LOG        -               access log file; "-" is stdout, "off" disables it
+GUNICORN_CONTROL_SOCKET    (none)          path for gunicornc's control socket, if wanted
+LOG_LEVEL                  info            gunicorn's error log level (the app reads it too)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def _env_int(name: str, default: int, low: int = 0) -> int:
+    """Read a whole-number setting, refusing nonsense with a message that names the variable."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise SystemExit(f"{name} must be a whole number >= {low}, got {raw!r}")
+    return value
+
+
+_host = os.environ.get("HOST", "").strip() or "127.0.0.1"
+_port = _env_int("PORT", 8000, low=1)
+bind = [f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"]
+
+# Predictions are CPU-bound: one worker process per core, each on one torch thread.
+workers = _env_int("WEB_CONCURRENCY", 2, low=1)
+threads = _env_int("GUNICORN_THREADS", 1, low=1)
+timeout = _env_int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
+
+# Load the models once in the master; forked workers share those pages copy-on-write.
+preload_app = True
+
+# Heartbeat files on tmpfs: an fchmod on a disk-backed /tmp can stall a worker (gunicorn docs).
+worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+# gunicorn 25+ opens a control socket at one fixed path per user, so two servers on one machine
+# (tests, a benchmark next to `make serve`) would unlink each other's; only on request here.
+_control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+control_socket_disable = not _control_socket
+if _control_socket:
+    control_socket = _control_socket
+
+_access_log = os.environ.get("GUNICORN_ACCESS_LOG", "").strip() or "-"
+accesslog = None if _access_log == "off" else _access_log
+# The request id is the X-Request-ID response header views/hooks.py sets, as in the app's logs.
+access_log_format = (
+    '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s rid=%({x-request-id}o)s "%(a)s"'
+)
+errorlog = "-"
+loglevel = (os.environ.get("LOG_LEVEL", "").strip() or "info").lower()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Pin each worker to TORCH_THREADS (default 1) so N workers do not fight over N cores."""
+    import torch
+
+    from app import set_torch_threads  # both already imported by the preloaded master
+
+    set_torch_threads()
+    server.log.info("worker %s: %d torch thread(s)", worker.pid, torch.get_num_threads())

@@ -1,0 +1,152 @@
+"""Artifact registry: ``models/artifacts/<version>/`` with safetensors weights and a manifest.
+
+Every file's sha256 is recorded in ``manifest.json`` and verified at load. A bad member-weights
+file is a hard error (nothing can be served without members); a missing, corrupt or mismatched
+meta-model is reported as ``meta_error`` so stacking can fall back instead of failing. Nothing
+here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file as load_torch
+from safetensors.torch import save_file as save_torch
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_ROOT = Path(__file__).resolve().parent / "artifacts"
+MANIFEST = "manifest.json"
+MEMBERS_FILE = "members.safetensors"
+META_FILE = "meta.safetensors"
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ArtifactError(RuntimeError):
+    """The artifact cannot be served: missing, unreadable, or its members fail verification."""
+
+
+@dataclass
+class Artifact:
+    """What a version directory holds, verified."""
+
+    version: str
+    path: Path
+    manifest: dict
+    members: dict[str, dict[str, torch.Tensor]]
+    meta_arrays: dict[str, np.ndarray] | None
+    meta_error: str | None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_versions(root: Path = ARTIFACT_ROOT) -> list[str]:
+    """Versions with a manifest, oldest first (by the manifest's ``created_at``)."""
+    found = []
+    for manifest in root.glob(f"*/{MANIFEST}"):
+        try:
+            created = json.loads(manifest.read_text())["created_at"]
+        except (OSError, ValueError, KeyError):
+            log.warning("ignoring %s: unreadable manifest", manifest.parent)
+            continue
+        found.append((created, manifest.parent.name))
+    return [name for _, name in sorted(found)]
+
+
+def resolve_version(version: str | None, root: Path = ARTIFACT_ROOT) -> str:
+    """The requested version if it exists, else the newest; never a free-form path."""
+    versions = list_versions(root)
+    if not versions:
+        raise ArtifactError(f"no trained artifacts under {root}; run `make train`")
+    if version is None:
+        return versions[-1]
+    if not _VERSION_RE.match(version) or version not in versions:
+        raise ArtifactError(f"unknown model version {version!r}; available: {', '.join(versions)}")
+    return version
+
+
+def save_artifact(
+    root: Path,
+    version: str,
+    manifest: dict,
+    members: dict[str, dict[str, torch.Tensor]],
+    meta_arrays: dict[str, np.ndarray] | None,
+) -> Path:
+    """Write weights, meta-model and a manifest listing every file's sha256."""
+    if not _VERSION_RE.match(version):
+        raise ValueError(f"bad version name {version!r}")
+    path = root / version
+    path.mkdir(parents=True, exist_ok=False)
+    flat = {
+        f"{name}/{key}": tensor.detach().cpu().contiguous().clone()
+        for name, state in members.items()
+        for key, tensor in state.items()
+    }
+    save_torch(flat, str(path / MEMBERS_FILE))
+    files = [MEMBERS_FILE]
+    if meta_arrays is not None:
+        save_numpy(
+            {k: np.ascontiguousarray(v) for k, v in meta_arrays.items()}, str(path / META_FILE)
+        )
+        files.append(META_FILE)
+    manifest = dict(manifest, version=version)
+    manifest["files"] = {name: sha256_file(path / name) for name in files}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _load_meta(path: Path, expected: str | None) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    file = path / META_FILE
+    if expected is None:
+        return None, "meta-model not listed in the manifest"
+    if not file.is_file():
+        return None, "meta-model file missing"
+    if sha256_file(file) != expected:
+        return None, "meta-model checksum mismatch (file changed since training)"
+    try:
+        return load_numpy(str(file)), None
+    except Exception as exc:  # safetensors raises its own error types
+        return None, f"meta-model unreadable: {exc}"
+
+
+def load_artifact(version: str | None = None, root: Path = ARTIFACT_ROOT) -> Artifact:
+    """Load and verify one version (default: the newest)."""
+    version = resolve_version(version, root)
+    path = root / version
+    manifest = json.loads((path / MANIFEST).read_text())
+    files = manifest.get("files", {})
+    members_file = path / MEMBERS_FILE
+    if not members_file.is_file():
+        raise ArtifactError(f"{members_file} is missing; re-run `make train` or restore the file")
+    if sha256_file(members_file) != files.get(MEMBERS_FILE):
+        raise ArtifactError(
+            f"{members_file} does not match the sha256 in its manifest; the weights are corrupt "
+            "or were changed after training"
+        )
+    flat = load_torch(str(members_file))
+    members: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        name, _, param = key.partition("/")
+        members.setdefault(name, {})[param] = tensor
+    meta_arrays, meta_error = _load_meta(path, files.get(META_FILE))
+    if meta_error:
+        log.warning(
+            "artifact %s: %s; stacking will fall back to its best member", version, meta_error
+        )
+    return Artifact(version, path, manifest, members, meta_arrays, meta_error)

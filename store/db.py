@@ -1,0 +1,151 @@
+"""Engine and session per Flask app, in flaskr's ``db.py`` style: ``init_app`` wires it all."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from store.models import Base
+
+log = logging.getLogger(__name__)
+
+#: How long a SQLite writer waits for another worker's write lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+_EXTENSION = "chorus_store"
+#: The Postgres driver DESIGN.md names; ``postgres://`` and a bare ``postgresql://`` mean it.
+POSTGRES_DRIVER = "postgresql+psycopg"
+
+
+class DatabaseUrlError(ValueError):
+    """``DATABASE_URL`` cannot be used; the message says why and how to fix it."""
+
+
+@dataclass
+class Store:
+    """What ``init_app`` attaches to an app: its engine and a thread-scoped session registry."""
+
+    engine: Engine
+    sessions: scoped_session[Session]
+
+    def close(self) -> None:
+        """Release every connection (tests, and anything that outlives its app)."""
+        self.sessions.remove()
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers and one writer overlap; busy_timeout makes other writers wait, not fail."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def parse_database_url(url: str) -> URL:
+    """Parse ``DATABASE_URL``, naming psycopg 3 when a Postgres URL names no driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseUrlError(
+            f"DATABASE_URL is not a database URL ({exc}). Use e.g. sqlite:///instance/chorus.db "
+            "or postgresql+psycopg://user:password@host/dbname."
+        ) from exc
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername=POSTGRES_DRIVER)
+    return parsed
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``DATABASE_URL``; SQLite gets the pragmas several gunicorn workers need."""
+    parsed = parse_database_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        try:
+            return create_engine(parsed, pool_pre_ping=True)
+        except (ImportError, NoSuchModuleError) as exc:
+            raise DatabaseUrlError(
+                f"DATABASE_URL needs the {parsed.drivername!r} driver, which is not available "
+                f"({exc}). For Postgres install psycopg (pip install 'psycopg[binary]') and use "
+                "postgresql+psycopg://user:password@host/dbname."
+            ) from exc
+    database = parsed.database
+    if not database or database == ":memory:":
+        # One shared connection, or every thread would see its own empty in-memory database.
+        engine = create_engine(
+            parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    """Create missing tables; retried once because workers starting together may race."""
+    try:
+        Base.metadata.create_all(engine)
+    except (OperationalError, sqlite3.OperationalError):
+        log.info("create_all raced with another process; retrying once")
+        Base.metadata.create_all(engine)
+
+
+def init_app(app: Flask) -> None:
+    """Create the engine and tables, register the session teardown and the ``init-db`` command."""
+    engine = make_engine(app.config["DATABASE_URL"])
+    create_tables(engine)
+    if not isinstance(engine.pool, StaticPool):  # disposing would drop an in-memory database
+        # No pooled connection may survive into gunicorn's forked workers (preload_app).
+        engine.dispose()
+    sessions = scoped_session(sessionmaker(bind=engine, expire_on_commit=False))
+    app.extensions[_EXTENSION] = Store(engine=engine, sessions=sessions)
+
+    @app.teardown_appcontext
+    def remove_session(_exc: BaseException | None = None) -> None:
+        sessions.remove()
+
+    app.cli.add_command(init_db_command)
+    log.info("database ready: %s", engine.url.render_as_string(hide_password=True))
+
+
+def get_session() -> Session:
+    """The current thread's session for the current app (removed at app-context teardown)."""
+    store: Store = current_app.extensions[_EXTENSION]
+    return store.sessions()
+
+
+def ping(session: Session) -> None:
+    """Raise unless the database answers ``SELECT 1`` (used by ``/readyz``)."""
+    session.execute(text("SELECT 1"))
+    session.rollback()
+
+
+@click.command("init-db")
+@click.option("--reset", is_flag=True, help="Drop every table first (deletes all records).")
+@click.option("--yes", is_flag=True, help="Do not ask before --reset.")
+@with_appcontext
+def init_db_command(reset: bool, yes: bool) -> None:
+    """Create the tables (they are also created at start-up); --reset empties the database."""
+    store: Store = current_app.extensions[_EXTENSION]
+    if reset:
+        if not yes:
+            click.confirm("Delete every prediction and feedback record?", abort=True)
+        Base.metadata.drop_all(store.engine)
+        log.warning("dropped all tables")
+    create_tables(store.engine)
+    click.echo(f"Initialized the database at {store.engine.url.render_as_string(True)}.")

@@ -1,0 +1,142 @@
+"""App fixtures in flaskr style: ``app``, ``client``, ``runner``, plus the shared model bundle.
+
+The bundle loads once per session from ``CHORUS_TEST_ARTIFACT_ROOT`` (default: the committed
+artifacts) and is handed to every app through ``test_config``; each test gets its own SQLite
+file under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from PIL import Image
+
+from app import create_app
+from ensembles.base import NoMembersLeftError
+from ensembles.bundle import EnsembleBundle, load_bundle
+from models.registry import ARTIFACT_ROOT, ArtifactError
+
+ADMIN_PASSWORD = "s3cret-admin"
+
+
+@pytest.fixture(scope="session")
+def app_bundle() -> EnsembleBundle:
+    """The ensembles, loaded once: loading costs about a second."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    root = Path(os.environ.get("CHORUS_TEST_ARTIFACT_ROOT", ARTIFACT_ROOT))
+    try:
+        bundle = load_bundle(root=root)
+    except ArtifactError as exc:
+        pytest.fail(f"{exc}. Set CHORUS_TEST_ARTIFACT_ROOT to a folder of artifacts.")
+    bundle.warm_up()
+    return bundle
+
+
+@pytest.fixture
+def make_app(app_bundle: EnsembleBundle, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    """Build an app with test defaults overridden by keyword arguments."""
+    apps: list[Flask] = []
+
+    def make(**overrides: Any) -> Flask:
+        config = {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "BUNDLE": app_bundle,
+            "DATABASE_URL": f"sqlite:///{tmp_path / f'chorus{len(apps)}.db'}",
+            "WTF_CSRF_ENABLED": False,
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+        }
+        config.update(overrides)
+        app = create_app(config)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:  # close the SQLite files (ResourceWarnings are errors here)
+        app.extensions["chorus_store"].close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+def _basic_auth(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def basic_auth() -> Callable[[str, str], dict[str, str]]:
+    """Build an HTTP Basic ``Authorization`` header."""
+    return _basic_auth
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return _basic_auth("admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def admin_credentials() -> dict[str, str]:
+    """The admin login as a browser's HTTP credentials (Playwright's ``http_credentials``)."""
+    return {"username": "admin", "password": ADMIN_PASSWORD}
+
+
+@pytest.fixture
+def break_ensemble(
+    app_bundle: EnsembleBundle, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], str]:
+    """Make one strategy's ensemble fail as if every member had died; returns the message."""
+
+    def apply(strategy: str) -> str:
+        message = f"{strategy}: all members failed or produced non-finite output"
+
+        def fail(x: Any) -> None:
+            raise NoMembersLeftError(message)
+
+        monkeypatch.setattr(app_bundle.ensembles[strategy], "predict", fail)
+        return message
+
+    return apply
+
+
+@pytest.fixture(scope="session")
+def image_png() -> bytes:
+    """A Fashion-MNIST-like 28x28 PNG: a light trouser shape on black."""
+    canvas = np.zeros((28, 28), dtype=np.uint8)
+    canvas[2:26, 9:13] = 200
+    canvas[2:26, 15:19] = 200
+    canvas[2:6, 9:19] = 220
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def upload(image_png: bytes) -> Callable[..., tuple[io.BytesIO, str]]:
+    """A fresh multipart file tuple (the test client consumes its stream)."""
+
+    def make(data: bytes | None = None, name: str = "item.png") -> tuple[io.BytesIO, str]:
+        return io.BytesIO(image_png if data is None else data), name
+
+    return make

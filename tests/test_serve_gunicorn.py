@@ -1,0 +1,75 @@
+"""The real server, several processes: gunicorn with two preloaded workers and one SQLite file.
+
+Started as `make serve` starts it (gunicorn.conf.py, ``app:create_app()``), on a free port of
+127.0.0.1; concurrent predictions over all four strategies must all be answered, each recorded
+exactly once, with distinct ids, whichever worker served it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.load import (
+    PREDICT_PATH,
+    STRATEGIES,
+    Client,
+    GunicornServer,
+    basic_auth,
+    predict_job,
+    run_load,
+)
+
+pytestmark = pytest.mark.slow
+WORKERS = 2
+REQUESTS = 60
+CLIENTS = 8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+    """Two workers, a temporary database; stopped (and reaped) whatever the test did."""
+    workdir: Path = tmp_path_factory.mktemp("gunicorn")
+    with GunicornServer(workdir, env={"WEB_CONCURRENCY": str(WORKERS)}) as running:
+        yield running
+
+
+def test_concurrent_predictions_are_all_answered_and_recorded_once(
+    server: GunicornServer, image_png: bytes
+) -> None:
+    jobs = [predict_job(image_png, STRATEGIES[n % len(STRATEGIES)]) for n in range(REQUESTS)]
+    plans = [jobs[client::CLIENTS] for client in range(CLIENTS)]
+
+    samples = run_load(server.url, plans, deadline=time.time() + 120)
+
+    assert len(samples) == REQUESTS
+    assert Counter(s.status for s in samples) == {200: REQUESTS}, [s.error for s in samples]
+    ids = [s.prediction_id for s in samples]
+    assert len(set(ids)) == REQUESTS
+    with Client(server.url) as client:
+        stats = client.get_json("/api/v1/stats", basic_auth(server.admin_password))
+    assert stats["total_predictions"] == REQUESTS
+    for name in STRATEGIES:
+        entry = stats["by_strategy"][name]
+        assert (entry["served"], entry["errors"]) == (REQUESTS // len(STRATEGIES), 0), name
+    # Both processes wrote to the one database (the access log names the worker pid; a worker
+    # writes its line just after answering, so give the last line a moment).
+    deadline = time.monotonic() + 5
+    served_by = server.served_by(PREDICT_PATH)
+    while sum(served_by.values()) < REQUESTS and time.monotonic() < deadline:
+        time.sleep(0.05)
+        served_by = server.served_by(PREDICT_PATH)
+    assert sum(served_by.values()) == REQUESTS
+    assert set(served_by) == set(server.worker_pids()) and len(served_by) == WORKERS
+
+
+def test_admin_needs_the_password_across_processes(server: GunicornServer) -> None:
+    with Client(server.url) as client:
+        status, _ = client.request("GET", "/api/v1/stats", headers=basic_auth("wrong"))
+        ready = client.get_json("/readyz")
+    assert status == 401
+    assert ready["status"] == "ready"

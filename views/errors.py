@@ -1,0 +1,118 @@
+"""Error handlers: JSON ``{"error": ...}`` under /api/, a page in the site layout elsewhere.
+
+Every message says what was wrong and what to do. A refused upload re-renders the form it came
+from (with the right status) instead of a bare error page.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    make_response,
+    render_template,
+    request,
+)
+from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import (
+    HTTPException,
+    InternalServerError,
+    MethodNotAllowed,
+    ServiceUnavailable,
+)
+
+from views.predict import UPLOAD_PAGES
+
+log = logging.getLogger(__name__)
+bp = Blueprint("errors", __name__)
+
+
+def wants_json() -> bool:
+    """API clients get JSON; people get pages."""
+    return request.path.startswith("/api/")
+
+
+def message_for(exc: HTTPException) -> str:
+    """A specific description when the code raised one, else a default that says what to do."""
+    if isinstance(exc, CSRFError):
+        return (
+            f"{exc.description} Reload the page and submit the form again (cookies must be "
+            "enabled for this site)."
+        )
+    if exc.description and exc.description != type(exc).description:
+        return str(exc.description)
+    code = exc.code or 500
+    if code == 400:
+        return "The request could not be understood. Go back, check the form and try again."
+    if code == 404:
+        if wants_json():
+            return (
+                f"There is no API endpoint at {request.path}. The endpoints are POST "
+                "/api/v1/predict, POST /api/v1/predictions/<id>/feedback, GET "
+                "/api/v1/experiments/ab/results and GET /api/v1/stats."
+            )
+        return "There is no page at this address. Check the link, or start from the home page."
+    if isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(exc.valid_methods or ())) or "nothing"
+        return f"{request.method} is not allowed at {request.path}; it accepts {allowed}."
+    if code == 413:
+        limit = current_app.config["MAX_UPLOAD_MB"]
+        return (
+            f"The upload is larger than {limit:g} MB. Choose a smaller image (a photo of a few "
+            "MB is plenty) and try again."
+        )
+    if code >= 500:
+        return (
+            "Something went wrong on our side. Try again; if it keeps happening, tell the "
+            f"operator the request id {g.get('request_id', '-')}."
+        )
+    return str(exc.description or exc.name)
+
+
+def _page(exc: HTTPException, message: str) -> Response:
+    """Re-render the upload form a refused POST came from, or the generic error page."""
+    renderer = UPLOAD_PAGES.get(request.endpoint or "")
+    if renderer is not None and request.method == "POST" and exc.code in (400, 413):
+        return make_response(renderer(None, exc.code, message))
+    html = render_template("errors/error.html", code=exc.code, title=exc.name, message=message)
+    return make_response(html, exc.code)
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Response:
+    """Every HTTP error (404, 405, 413, CSRF, aborts) in the right format, headers kept."""
+    message = message_for(exc)
+    response = jsonify(error=message) if wants_json() else _page(exc, message)
+    response.status_code = exc.code or 500
+    for key, value in exc.get_headers():
+        if key.lower() != "content-type":
+            response.headers[key] = value
+    return response
+
+
+@bp.app_errorhandler(OperationalError)
+@bp.app_errorhandler(PoolTimeoutError)
+def database_unavailable(exc: Exception) -> Response:
+    """A locked, down or exhausted database is an outage to retry, not a bug: 503, not 500."""
+    log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
+    return http_error(
+        ServiceUnavailable(
+            "The database is busy or unreachable, so nothing was recorded. Try again in a "
+            "moment; if it keeps happening, tell the operator the request id "
+            f"{g.get('request_id', '-')}."
+        )
+    )
+
+
+@bp.app_errorhandler(Exception)
+def unexpected_error(exc: Exception) -> Response:
+    """A bug: log the traceback with the request id, answer 500 without leaking details."""
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return http_error(InternalServerError())

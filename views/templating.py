@@ -1,0 +1,46 @@
+"""Jinja filters and globals: numbers formatted one way on every page."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Flask
+
+from views.service import loaded_models
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """0.1234 -> "12.3%"; None (undefined) -> an em dash."""
+    return "—" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} ms"
+
+
+def pvalue(value: float | None) -> str:
+    """p-values below 0.001 are shown as such, never as a misleading 0.000."""
+    if value is None:
+        return "—"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def when(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _globals() -> dict[str, Any]:
+    bundle = loaded_models().bundle
+    return {"model_version": bundle.version if bundle is not None else None}
+
+
+def init_app(app: Flask) -> None:
+    """Register the filters and the model version every page footer shows."""
+    for function in (pct, num, ms, pvalue, when):
+        app.add_template_filter(function)
+    app.context_processor(_globals)
