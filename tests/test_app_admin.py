@@ -240,3 +240,65 @@ def test_accuracy_over_time_is_cumulative_per_arm(app, known_records):
         (1.0, 3), (1.0, 6), (0.7778, 9), (0.7, 10)
     ]
     assert series["boosting"][-1][1:] == (0.875, 8)
+
+
+def test_admin_page_writes_negative_percentages_with_a_minus_sign(client, admin_headers,
+                                                                  known_records):
+    html = client.get("/admin", headers=admin_headers).get_data(as_text=True)
+    ci = re.search(r"\(95% CI (\S+%) to (\S+%)\)", html)
+    assert ci is not None and ci.group(1).startswith("\u2212")  # the difference's CI crosses 0
+    assert "-" not in ci.group(0)
+
+
+@pytest.mark.parametrize(
+    ("value", "digits", "text"),
+    [(-0.1284, 2, "\u221212.84%"), (0.1284, 2, "12.84%"), (-1.0, 0, "\u2212100%"),
+     (0.0, 1, "0.0%"), (-0.00001, 1, "0.0%"), (None, 1, "—")],
+)
+def test_pct_uses_a_real_minus_sign(value, digits, text):
+    from views.templating import pct
+
+    assert pct(value, digits) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(-1.2345, "\u22121.234"), (2.5, "2.500"), (-0.0001, "0.000"), (None, "—")]
+)
+def test_num_uses_the_same_minus_sign(value, text):
+    from views.templating import num
+
+    assert num(value) == text
+
+
+def test_admin_chart_labels_the_top_of_its_axis(client, admin_headers, known_records):
+    """Accuracies from 70 % to 100 %: seven 5 % steps, every second one labelled."""
+    html = client.get("/admin", headers=admin_headers).get_data(as_text=True)
+    ticks = re.findall(r'<text class="tick" x="\d+" y="([\d.]+)" text-anchor="end"[^>]*>(\d+%)<',
+                       html)
+    assert ticks[-1][1] == "100%" and ticks[0][1].endswith("0%")
+
+
+def _chart(low: float, high: float):
+    from datetime import datetime, timedelta
+
+    from views.charts import line_chart
+
+    start = datetime(2026, 1, 1)
+    return line_chart({"bagging": [(start, low, 1), (start + timedelta(hours=1), high, 2)]})
+
+
+def test_chart_axis_always_labels_and_grids_its_top_and_bottom():
+    """Whatever the data's range, both ends of the y axis carry a label and a gridline."""
+    for lo in range(101):
+        for hi in range(lo, 101):
+            chart = _chart(lo / 100, hi / 100)
+            (bottom_y, bottom), *_, (top_y, top) = chart.y_ticks
+            assert (bottom_y, top_y) == (chart.bottom, chart.top), (lo, hi, chart.y_ticks)
+            assert int(bottom[:-1]) <= lo and int(top[:-1]) >= hi, (lo, hi, chart.y_ticks)
+            assert all(chart.top <= y <= chart.bottom for _, y, _ in chart.lines[0].dots)
+            assert 3 <= len(chart.y_ticks) <= 7
+
+
+def test_chart_reported_case_gets_a_100_percent_label():
+    chart = _chart(0.7, 1.0)
+    assert [label for _, label in chart.y_ticks] == ["60%", "70%", "80%", "90%", "100%"]

@@ -307,3 +307,47 @@ def test_prediction_page_shows_stored_result(client, upload):
     page = client.get(f"/predictions/{prediction_id(html)}")
     assert page.status_code == 200
     assert "Uploaded images are never stored" in page.get_data(as_text=True)
+
+
+def selected_options(html: str) -> list[str]:
+    """The label of each selected option of the feedback form's "True class" select."""
+    select = re.search(r'<select[^>]*name="label".*?</select>', html, re.S).group(0)
+    return re.findall(r"<option[^>]*\bselected\b[^>]*>([^<]*)</option>", select)
+
+
+def test_feedback_select_starts_on_a_placeholder(app, client, upload):
+    """Pressing "No, it was:" untouched must not name the predicted class."""
+    result = client.post("/bagging", data={"image": upload()}).get_data(as_text=True)
+    sample = client.post("/predict", data={"sample": str(gallery()[0].index),
+                                           "strategy": "boosting"}).get_data(as_text=True)
+    pid = prediction_id(result)
+    stored = client.get(f"/predictions/{pid}").get_data(as_text=True)
+    for html in (result, sample, stored):
+        assert selected_options(html) == ["choose the true class"]
+    client.post(f"/predictions/{pid}/feedback", data={"yes": "Yes", "label": ""})
+    right = client.get(f"/predictions/{pid}").get_data(as_text=True)
+    assert selected_options(right) == ["choose the true class"]
+    with app.app_context():
+        predicted = store.get_prediction(store.get_session(), pid).class_index
+    wrong = (predicted + 1) % 10
+    client.post(f"/predictions/{pid}/feedback", data={"no": "No", "label": str(wrong)})
+    changed = client.get(f"/predictions/{pid}").get_data(as_text=True)
+    assert selected_options(changed) == [app.config["BUNDLE"].classes[wrong]]
+
+
+@pytest.mark.parametrize("label", ["predicted", "", None])
+def test_no_without_another_class_is_refused_and_records_nothing(app, client, upload, label):
+    pid = prediction_id(client.post("/bagging", data={"image": upload()}).get_data(as_text=True))
+    with app.app_context():
+        predicted = store.get_prediction(store.get_session(), pid).class_index
+    data = {"no": "No, it was:"}
+    if label is not None:
+        data["label"] = str(predicted) if label == "predicted" else label
+    response = client.post(f"/predictions/{pid}/feedback", data=data)
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert re.search(r'role="alert">You said the prediction was wrong: choose the true class', html)
+    assert selected_options(html) == ["choose the true class"]
+    assert "Thanks!" not in html
+    with app.app_context():
+        assert store.get_prediction(store.get_session(), pid).feedback is None

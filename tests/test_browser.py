@@ -223,7 +223,9 @@ def give_feedback(page: Page, result: dict[str, str], answer: str, classes: list
         truth, flash = result["label"], "the prediction was right."
     else:
         truth = next(name for name in classes if name != result["label"])
-        page.get_by_label("True class").select_option(label=truth)
+        select = page.get_by_label("True class")
+        expect(select).to_have_value("")  # "choose the true class", never the prediction
+        select.select_option(label=truth)
         page.get_by_role("button", name="No, it was:").click()
         flash = f"the prediction was wrong: it was {truth}."
     expect(page).to_have_url(re.compile(f"/predictions/{result['id']}$"))

@@ -35,13 +35,22 @@ class Chart:
         return not self.lines
 
 
-def _y_range(values: list[float]) -> tuple[float, float]:
-    """Zoom on the data (accuracies differ by percents) in 5 % steps, at least 10 % tall."""
-    low = max(0.0, math.floor((min(values) - 0.02) * 20) / 20)
-    high = min(1.0, math.ceil((max(values) + 0.02) * 20) / 20)
-    if high - low < 0.1:
-        low, high = max(0.0, high - 0.1), max(high, min(1.0, low + 0.1))
-    return low, high
+def _y_range(values: list[float]) -> tuple[float, float, int]:
+    """Zoom on the data (accuracies differ by percents) in 5 % steps, at least 10 % tall.
+
+    Returns the range and how many steps lie between two labels; the range is widened to a
+    whole number of labelled intervals, so its top and bottom always get a label and a gridline.
+    """
+    low = max(0, math.floor(round((min(values) - 0.02) * 20, 6)))  # in 5 % steps
+    high = min(20, math.ceil(round((max(values) + 0.02) * 20, 6)))
+    if high - low < 2:
+        low, high = max(0, high - 2), max(high, min(20, low + 2))
+    steps = high - low
+    every = 1 if steps <= 6 else 2 if steps <= 12 else 4
+    missing = -steps % every  # 20 steps (0-100 %) divide by every, so there is always room
+    grown = min(20, high + missing)
+    low -= missing - (grown - high)
+    return low / 20, grown / 20, every
 
 
 def line_chart(
@@ -54,7 +63,7 @@ def line_chart(
         return chart
     t0 = min(p[0] for p in points).timestamp()
     t1 = max(p[0] for p in points).timestamp()
-    low, high = _y_range([p[1] for p in points])
+    low, high, every = _y_range([p[1] for p in points])
 
     def x(t: datetime) -> float:
         if t1 == t0:
@@ -73,7 +82,6 @@ def line_chart(
             Line(name=name, points=" ".join(f"{a},{b}" for a, b, _ in coords), dots=coords)
         )
     steps = round((high - low) / 0.05)
-    every = 1 if steps <= 6 else 2 if steps <= 12 else 4
     chart.y_ticks = [
         (round(y(low + i * 0.05), 1), f"{low + i * 0.05:.0%}") for i in range(0, steps + 1, every)
     ]

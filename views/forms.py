@@ -94,16 +94,41 @@ class ChooseUploadForm(UploadForm):
     )
 
 
+#: The feedback select's first option: "No" must name a class on purpose, never by default.
+CHOOSE_CLASS = "choose the true class"
+
+
+def _class_index(value: Any) -> int | None:
+    """The select's value as a class index; the placeholder ("") is no class."""
+    return None if value in ("", None) else int(value)
+
+
 class FeedbackForm(FlaskForm):
     """"Was this right? Yes / No, it was: <class>" under a result."""
 
     yes = SubmitField("Yes")
     no = SubmitField("No, it was:")
-    label = SelectField("True class", coerce=int, validate_choice=True)
+    label = SelectField("True class", coerce=_class_index, validate_choice=True)
 
-    def __init__(self, *args: Any, classes: tuple[str, ...] = (), **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, classes: tuple[str, ...] = (), predicted: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.label.choices = [SelectChoice(i, name) for i, name in enumerate(classes)]
+        self.classes, self.predicted = classes, predicted
+        self.label.choices = [SelectChoice("", CHOOSE_CLASS)] + [
+            SelectChoice(i, name) for i, name in enumerate(classes)
+        ]
+
+    def validate_label(self, field: SelectField) -> None:
+        """"No" with no class, or with the predicted one, would record nothing or a right answer."""
+        if not self.no.data or field.data not in (None, self.predicted):
+            return
+        message = "You said the prediction was wrong: choose the true class"
+        if field.data is not None:
+            name = self.classes[field.data]
+            message += f", not {name}, which it predicted (or press “Yes” if {name} is right)"
+        field.data = None  # show the placeholder again, so the page asks for a class
+        raise ValidationError(message + ".")
 
 
 def _finite(_form: FlaskForm, field: FloatField) -> None:

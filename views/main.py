@@ -61,9 +61,9 @@ def render_prediction(
     """A stored prediction (without its image, which is never kept) and its feedback."""
     classes = tuple(prediction.probabilities or ())
     if form is None:
-        feedback = prediction.feedback
-        default = feedback.true_class_index if feedback else prediction.class_index
-        form = FeedbackForm(formdata=None, classes=classes, label=default)
+        feedback = prediction.feedback  # a "No" answer is shown; otherwise the placeholder
+        wrong = feedback.true_class_index if feedback and not feedback.correct else None
+        form = FeedbackForm(formdata=None, classes=classes, label=wrong)
     html = render_template(
         "main/prediction.html",
         prediction=prediction,
@@ -90,7 +90,7 @@ def feedback(prediction_id: str) -> ResponseReturnValue:
     except ServiceError as exc:
         abort(exc.status_code, description=str(exc))
     classes = tuple(stored.probabilities or ())
-    form = FeedbackForm(classes=classes)
+    form = FeedbackForm(classes=classes, predicted=stored.class_index)
     if not form.validate_on_submit():
         message = next((str(f.errors[0]) for f in form if f.errors), "Invalid feedback.")
         return render_prediction(stored, form, 400, message)

@@ -65,7 +65,7 @@ def render_result(served: Served, data: bytes, true_label: int | None) -> Respon
     """The result page of one prediction, with the strategy's own template bits."""
     body = served.body
     classes = tuple(body["probabilities"])
-    form = FeedbackForm(formdata=None, classes=classes, label=body["class_index"])
+    form = FeedbackForm(formdata=None, classes=classes)  # starts on "choose the true class"
     thumbnail = thumbnail_uri(data, current_app.config["MAX_IMAGE_PIXELS"])
     return render_template(
         [f"{body['strategy']}/result.html", "predict/result.html"],

@@ -9,14 +9,25 @@ from flask import Flask
 
 from views.service import loaded_models
 
+MINUS = "\u2212"  # the minus sign, as in the headings ("Boosting − Bagging"), not a hyphen
+
+
+def _signed(value: float, text: str) -> str:
+    """Prefix the minus sign to ``text`` (the formatted magnitude) unless it rounds to zero."""
+    rounds_to_zero = not text.strip("0.%")  # never "−0.0%"
+    return MINUS + text if value < 0 and not rounds_to_zero else text
+
 
 def pct(value: float | None, digits: int = 1) -> str:
-    """0.1234 -> "12.3%"; None (undefined) -> an em dash."""
-    return "—" if value is None else f"{value * 100:.{digits}f}%"
+    """0.1234 -> "12.3%", -0.1284 -> "−12.8%"; None (undefined) -> an em dash."""
+    if value is None:
+        return "—"
+    return _signed(value, f"{abs(value) * 100:.{digits}f}%")
 
 
 def num(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    """-1.2345 -> "−1.235", with the same minus sign as ``pct``; None -> an em dash."""
+    return "—" if value is None else _signed(value, f"{abs(value):.{digits}f}")
 
 
 def ms(value: float | None) -> str:
