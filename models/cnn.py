@@ -142,9 +142,12 @@ class FusedMembers(nn.Module):
     Built from member state dicts; numerically equal to running each member in eval mode.
     """
 
-    def __init__(self, state_dicts: Sequence[dict[str, torch.Tensor]], config: CNNConfig) -> None:
+    def __init__(
+        self, state_dicts: Sequence[dict[str, torch.Tensor]], config: CNNConfig, chunk: int = 8
+    ) -> None:
         super().__init__()
         self.k = len(state_dicts)
+        self.chunk = chunk
         grouped = GroupedCNN.from_members(state_dicts, config).eval()
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -165,6 +168,13 @@ class FusedMembers(nn.Module):
             self.plan.append("conv")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # K members' activations for a large batch overflow the CPU caches (9 members x 64
+        # images is ~60 MB per layer), so large batches run in cache-sized chunks.
+        if x.shape[0] > self.chunk and x.device.type == "cpu":
+            return torch.cat([self._forward(part) for part in x.split(self.chunk)], dim=1)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n, k = x.shape[0], self.k
         x = x.contiguous(memory_format=torch.channels_last)
         params = iter(zip(self.weights, self.biases, strict=True))
