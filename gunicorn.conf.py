@@ -38,7 +38,9 @@ _host = os.environ.get("HOST", "").strip() or "127.0.0.1"
 _port = _env_int("PORT", 8000, low=1)
 bind = [f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"]
 
-# Predictions are CPU-bound: one worker process per core, each on one torch thread.
+# Predictions are CPU-bound: one worker process per core, each on one torch thread. One thread
+# per worker (the sync worker) measured best with `python -m bench.load` on 2 cores: gthread with
+# 2-8 threads spent ~15% more CPU per request (GIL) and raised predict p95 from ~105 to 165-196 ms.
 workers = _env_int("WEB_CONCURRENCY", 2, low=1)
 threads = _env_int("GUNICORN_THREADS", 1, low=1)
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
