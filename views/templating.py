@@ -26,7 +26,7 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def num(value: float | None, digits: int = 3) -> str:
-    """-1.2345 -> "−1.235", with the same minus sign as ``pct``; None -> an em dash."""
+    """-1.25 -> "−1.250", with the same minus sign as ``pct``; None -> an em dash."""
     return "—" if value is None else _signed(value, f"{abs(value):.{digits}f}")
 
 
