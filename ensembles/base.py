@@ -2,7 +2,7 @@
 
 An ensemble owns K member checkpoints (plain state dicts of one architecture). ``predict`` runs
 all members in one batched forward (``FusedMembers``), drops members that fail or answer
-non-finite numbers, and hands the survivors to the strategy's ``_combine``.
+non-finite numbers, and hands the survivors to the strategy's ``combine_outputs``.
 """
 
 from __future__ import annotations
@@ -163,6 +163,11 @@ class Ensemble:
         except Exception:
             log.exception("batched member forward failed; running members one by one")
             probs = self._forward_one_by_one(x)
+        return self.split_outputs(probs)
+
+    def split_outputs(self, probs: np.ndarray) -> MemberOutputs:
+        """Split every member's ``(K, N, C)`` probabilities into those that answered (finite)
+        and those to drop, so ``combine_outputs`` also works on probabilities computed elsewhere."""
         alive = np.isfinite(probs).all(axis=(1, 2))
         degraded = [n for n, ok in zip(self.member_names_, alive, strict=True) if not ok]
         if degraded:
@@ -175,10 +180,10 @@ class Ensemble:
     # -- prediction ----------------------------------------------------------------------------
     def predict(self, x: torch.Tensor) -> Result:
         """Class probabilities for a batch of normalised images ``(N, 1, 28, 28)``."""
-        outputs = self.member_outputs(x)
-        return self._combine(outputs)
+        return self.combine_outputs(self.member_outputs(x))
 
-    def _combine(self, outputs: MemberOutputs) -> Result:
+    def combine_outputs(self, outputs: MemberOutputs) -> Result:
+        """The strategy's answer from its members' outputs (one batched forward's worth)."""
         raise NotImplementedError
 
     def _result(
@@ -223,7 +228,7 @@ class VotingEnsemble(Ensemble):
     def _vote_weights(self, outputs: MemberOutputs) -> np.ndarray:
         raise NotImplementedError
 
-    def _combine(self, outputs: MemberOutputs) -> Result:
+    def combine_outputs(self, outputs: MemberOutputs) -> Result:
         self._require_members(outputs)
         weights = self._vote_weights(outputs)
         probs = aggregation.AGGREGATORS[self.combine](outputs.probabilities, weights)

@@ -13,49 +13,66 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
+from itertools import combinations
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ensembles import aggregation, metrics
 from ensembles.base import Ensemble
-from models.data import load_fashion_mnist, to_tensor
+from ensembles.trainer import member_probabilities
+from models.data import load_fashion_mnist
 
 log = logging.getLogger(__name__)
 PHOTO_SEED = 2024
 
 
-def predict_all(
-    ensemble: Ensemble, images: np.ndarray, batch_size: int = 1000, desc: str | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Final ``(N, C)`` and member ``(K, N, C)`` probabilities of one ensemble over uint8 images."""
-    finals, members, names = [], [], None
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=not desc):
-        result = ensemble.predict(to_tensor(images[start : start + batch_size]))
-        finals.append(result.probabilities)
-        members.append(result.member_probabilities)
-        names = result.member_names
-    return np.concatenate(finals), np.concatenate(members, axis=1), names or []
+def members_probabilities(
+    ensembles: Mapping[str, Ensemble], images: np.ndarray, desc: str = "test"
+) -> dict[str, np.ndarray]:
+    """Each ensemble's ``(K, N, C)`` member probabilities over uint8 images.
+
+    A checkpoint shared by several ensembles (Stacking holds the Bagging and Boosting members)
+    runs once: the widest ensemble goes first and the others reuse its outputs when every one
+    of their members is the very same checkpoint.
+    """
+    seen: dict[str, tuple[dict, np.ndarray]] = {}
+    out: dict[str, np.ndarray] = {}
+    for name, ensemble in sorted(ensembles.items(), key=lambda kv: -len(kv[1].member_names_)):
+        members = list(zip(ensemble.member_names_, ensemble.members_, strict=True))
+        if all(m in seen and seen[m][0] is sd for m, sd in members):
+            out[name] = np.stack([seen[m][1] for m, _ in members])
+            continue
+        out[name] = member_probabilities(ensemble.bank, images, desc=f"{desc}: {name}")
+        for (m, sd), probs in zip(members, out[name], strict=True):
+            seen.setdefault(m, (sd, probs))
+    return {name: out[name] for name in ensembles}
 
 
 def evaluate_ensembles(
     ensembles: Mapping[str, Ensemble], images: np.ndarray, labels: np.ndarray, desc: str = "test"
 ) -> dict:
-    """Metrics per strategy and per member (members scored once, from the largest ensemble)."""
+    """Metrics per strategy and per member, each strategy through its own ``combine_outputs``."""
     out: dict = {"strategies": {}, "members": {}, "variants": {}, "n": int(len(labels))}
-    for name, ensemble in ensembles.items():
-        probs, member_probs, names = predict_all(ensemble, images, desc=f"{desc}: {name}")
-        out["strategies"][name] = metrics.summary(probs, labels)
-        for member, p in zip(names, member_probs, strict=True):
+    correct: dict[str, np.ndarray] = {}
+    for name, probs in members_probabilities(ensembles, images, desc).items():
+        ensemble = ensembles[name]
+        result = ensemble.combine_outputs(ensemble.split_outputs(probs))
+        out["strategies"][name] = metrics.summary(result.probabilities, labels)
+        correct[name] = result.predictions == labels
+        for member, p in zip(result.member_names, result.member_probabilities, strict=True):
             out["members"].setdefault(member, metrics.summary(p, labels))
         if name == "bagging":
-            hard = aggregation.vote(member_probs)
+            hard = aggregation.vote(result.member_probabilities)
             out["variants"]["bagging_hard_vote"] = round(metrics.accuracy(hard, labels), 6)
         if name == "boosting":
-            discrete = aggregation.vote(member_probs, np.asarray(ensemble.alphas_))
+            discrete = aggregation.vote(result.member_probabilities, result.weights)
             out["variants"]["boosting_discrete_samme"] = round(
                 metrics.accuracy(discrete, labels), 6
             )
+    out["paired"] = {
+        f"{a} vs {b}": metrics.mcnemar(correct[a], correct[b]) for a, b in combinations(correct, 2)
+    }
     return out
 
 
@@ -96,6 +113,10 @@ def _table(report: dict) -> str:
         lines.append("")
     for name, acc in report["test"]["variants"].items():
         lines.append(f"{name:22}{acc:>10.4f}")
+    if report["test"].get("paired"):
+        lines.append("\npaired (exact McNemar): images only the first / only the second got right")
+        for pair, m in report["test"]["paired"].items():
+            lines.append(f"{pair:22}{m['a_only']:>6} /{m['b_only']:>4}   p = {m['p_value']:.3f}")
     if "photo" in report:
         lines.append("")
         lines.append(

@@ -1,6 +1,10 @@
-"""Accuracy, negative log-likelihood and expected calibration error of predicted distributions."""
+"""Accuracy, negative log-likelihood and expected calibration error of predicted distributions,
+and the paired test that says whether two strategies really differ on the same images."""
 
 from __future__ import annotations
+
+from fractions import Fraction
+from math import comb
 
 import numpy as np
 
@@ -36,3 +40,17 @@ def summary(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "nll": round(nll(probs, labels), 6),
         "ece": round(ece(probs, labels), 6),
     }
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | int]:
+    """Exact McNemar test of two classifiers scored on the same images.
+
+    Only the images where exactly one is right carry information; under "equally accurate" each
+    of those is a fair coin, so the two-sided p-value is a binomial tail (computed exactly).
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = a_only + b_only
+    tail = Fraction(sum(comb(n, i) for i in range(min(a_only, b_only) + 1)), 2**n)
+    return {"a_only": a_only, "b_only": b_only, "p_value": round(float(min(1, 2 * tail)), 6)}

@@ -187,7 +187,9 @@ def train(args: argparse.Namespace) -> Path:
                 "meta": {
                     "type": "multinomial logistic regression",
                     "features": "log member probabilities",
-                    "C": stacking.meta_c_,
+                    "chosen": stacking.meta_choice_,
+                    "cv_log_loss": stacking.meta_cv_log_loss_,
+                    "cv_folds": stacking.cv,
                     "fitted_on": "blend split (no member trained on it)",
                 },
                 "best_member": stacking.best_member_,

@@ -35,22 +35,21 @@ class Chart:
         return not self.lines
 
 
-def _y_range(values: list[float]) -> tuple[float, float, int]:
+def _y_steps(values: list[float]) -> tuple[int, int, int]:
     """Zoom on the data (accuracies differ by percents) in 5 % steps, at least 10 % tall.
 
-    Returns the range and how many steps lie between two labels; the range is widened to a
-    whole number of labelled intervals, so its top and bottom always get a label and a gridline.
+    Returns the bottom and top in whole 5 % steps (0..20) and how many steps lie between two
+    labels; the range is widened to a whole number of labelled intervals, so its top and bottom
+    always get a label and a gridline.
     """
-    low = max(0, math.floor(round((min(values) - 0.02) * 20, 6)))  # in 5 % steps
+    low = max(0, math.floor(round((min(values) - 0.02) * 20, 6)))
     high = min(20, math.ceil(round((max(values) + 0.02) * 20, 6)))
     if high - low < 2:
         low, high = max(0, high - 2), max(high, min(20, low + 2))
-    steps = high - low
-    every = 1 if steps <= 6 else 2 if steps <= 12 else 4
-    missing = -steps % every  # 20 steps (0-100 %) divide by every, so there is always room
+    every = 1 if high - low <= 6 else 2 if high - low <= 12 else 4
+    missing = -(high - low) % every  # 20 steps (0-100 %) divide by every: always room
     grown = min(20, high + missing)
-    low -= missing - (grown - high)
-    return low / 20, grown / 20, every
+    return low - (missing - (grown - high)), grown, every
 
 
 def line_chart(
@@ -63,7 +62,8 @@ def line_chart(
         return chart
     t0 = min(p[0] for p in points).timestamp()
     t1 = max(p[0] for p in points).timestamp()
-    low, high, every = _y_range([p[1] for p in points])
+    low_step, high_step, every = _y_steps([p[1] for p in points])
+    low, high = low_step / 20, high_step / 20
 
     def x(t: datetime) -> float:
         if t1 == t0:
@@ -81,9 +81,8 @@ def line_chart(
         chart.lines.append(
             Line(name=name, points=" ".join(f"{a},{b}" for a, b, _ in coords), dots=coords)
         )
-    steps = round((high - low) / 0.05)
     chart.y_ticks = [
-        (round(y(low + i * 0.05), 1), f"{low + i * 0.05:.0%}") for i in range(0, steps + 1, every)
+        (round(y(i / 20), 1), f"{i / 20:.0%}") for i in range(low_step, high_step + 1, every)
     ]
     fmt = "%H:%M:%S" if t1 - t0 < 86400 else "%Y-%m-%d %H:%M"
     first, last = min(p[0] for p in points), max(p[0] for p in points)
