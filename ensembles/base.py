@@ -155,15 +155,19 @@ class Ensemble:
         return np.stack(outputs)
 
     @torch.inference_mode()
-    def member_outputs(self, x: torch.Tensor) -> MemberOutputs:
-        """All members in one batched forward; non-finite or failing members are dropped."""
+    def forward_members(self, x: torch.Tensor) -> np.ndarray:
+        """Every member's softmax ``(K, N, C)`` in one batched forward; when that raises, the
+        members run one by one and any that raises answers NaN rows (dropped downstream)."""
         x = x.to(self.device)
         try:
-            probs = torch.softmax(self.bank(x).double(), dim=-1).cpu().numpy()
+            return torch.softmax(self.bank(x).double(), dim=-1).cpu().numpy()
         except Exception:
             log.exception("batched member forward failed; running members one by one")
-            probs = self._forward_one_by_one(x)
-        return self.split_outputs(probs)
+            return self._forward_one_by_one(x)
+
+    def member_outputs(self, x: torch.Tensor) -> MemberOutputs:
+        """All members in one batched forward; non-finite or failing members are dropped."""
+        return self.split_outputs(self.forward_members(x))
 
     def split_outputs(self, probs: np.ndarray) -> MemberOutputs:
         """Split every member's ``(K, N, C)`` probabilities into those that answered (finite)

@@ -53,4 +53,4 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | i
     a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
     n = a_only + b_only
     tail = Fraction(sum(comb(n, i) for i in range(min(a_only, b_only) + 1)), 2**n)
-    return {"a_only": a_only, "b_only": b_only, "p_value": round(float(min(1, 2 * tail)), 6)}
+    return {"a_only": a_only, "b_only": b_only, "p_value": float(min(1, 2 * tail))}

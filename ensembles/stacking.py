@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 EPS = 1e-7
 TIED_L2 = 1e-4
 ABSENT_CLASS_INTERCEPT = -1e3  # classes absent from the blend split are never chosen
+META_CHOICES = ("auto", "full", "tied")
 
 
 def meta_features(member_probs: np.ndarray) -> np.ndarray:
@@ -102,6 +103,8 @@ def tied_meta_model(member_probs: np.ndarray, labels: np.ndarray, l2: float = TI
 
     start = np.concatenate([np.full(k, 1.0 / k), np.zeros(c)])
     fit = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": 1000})
+    if not fit.success:
+        log.warning("tied meta-model: L-BFGS stopped early (%s)", fit.message)
     w, b = fit.x[:k], fit.x[k:]
     coef = np.zeros((c, k * c))
     for member in range(k):
@@ -127,12 +130,15 @@ def full_meta_model(member_probs: np.ndarray, labels: np.ndarray, c: float) -> M
     return MetaModel(coef=coef, intercept=intercept)
 
 
-def meta_candidates(c_grid: Sequence[float], tied: bool) -> dict[str, MetaFitter]:
-    """The meta-models stacking chooses from: full LR at each C, and the tied LR."""
-    candidates: dict[str, MetaFitter] = {
-        f"full C={c:g}": partial(full_meta_model, c=float(c)) for c in c_grid
-    }
-    if tied:
+def meta_candidates(c_grid: Sequence[float], meta: str = "auto") -> dict[str, MetaFitter]:
+    """The meta-models stacking chooses from: "full" (scikit-learn's LR at each C), "tied",
+    or both ("auto")."""
+    if meta not in META_CHOICES:
+        raise ValueError(f"meta-model must be one of {', '.join(META_CHOICES)}, got {meta!r}")
+    candidates: dict[str, MetaFitter] = {}
+    if meta in ("auto", "full"):
+        candidates.update({f"full C={c:g}": partial(full_meta_model, c=float(c)) for c in c_grid})
+    if meta in ("auto", "tied"):
         candidates["tied"] = tied_meta_model
     return candidates
 
@@ -154,8 +160,11 @@ def fit_meta_model(
     from sklearn.model_selection import StratifiedKFold
 
     names = list(candidates)
-    folds = min(cv, int(np.bincount(labels).min()))
+    counts = np.bincount(labels)
+    folds = min(cv, int(counts[counts > 0].min()))  # stratified: the rarest present class
     scores: dict[str, float] = {}
+    if len(names) > 1 and folds < 2:
+        log.warning("a class has one blend image: no cross-validation, meta-model %s", names[0])
     if folds >= 2 and len(names) > 1:
         splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels, labels))
         for name in names:
@@ -183,13 +192,13 @@ class Stacking(Ensemble):
         self,
         c_grid: Sequence[float] = (0.003, 0.01, 0.03),
         cv: int = 5,
-        tied: bool = True,
+        meta: str = "auto",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.c_grid = tuple(c_grid)
         self.cv = cv
-        self.tied = tied
+        self.meta = meta
         self.meta_: MetaModel | None = None
         self.meta_error_: str | None = "meta-model not fitted"
 
@@ -212,7 +221,7 @@ class Stacking(Ensemble):
         y = labels[blend_idx]
         self.member_val_accuracy_ = [float(a) for a in (probs.argmax(-1) == y).mean(axis=1)]
         self.meta_, self.meta_choice_, self.meta_cv_log_loss_ = fit_meta_model(
-            probs, y, meta_candidates(self.c_grid, self.tied), self.cv, self.factory.seed
+            probs, y, meta_candidates(self.c_grid, self.meta), self.cv, self.factory.seed
         )
         self.meta_error_ = None
         return self

@@ -13,6 +13,7 @@ import argparse
 import logging
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -24,13 +25,14 @@ from ensembles.bagging import Bagging
 from ensembles.boosting import Boosting
 from ensembles.evaluate import evaluate_ensembles, evaluate_photo_like
 from ensembles.members import MemberFactory
-from ensembles.stacking import Stacking
+from ensembles.stacking import META_CHOICES, Stacking
 from ensembles.trainer import TrainConfig, resolve_device
 from models.cnn import CNNConfig
 from models.data import Dataset, load_fashion_mnist, load_image_folder, train_val_split
 from models.registry import ARTIFACT_ROOT, save_artifact
 
 log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,11 +56,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="training arithmetic: auto = bfloat16 autocast where the hardware has it",
     )
     p.add_argument("--learning-rate", type=float, default=0.3, help="SAMME shrinkage")
+    p.add_argument(
+        "--meta-model",
+        default="auto",
+        choices=META_CHOICES,
+        help="stacking meta-model: full (scikit-learn LogisticRegression), tied (one weight per "
+        "member), or auto = whichever has the lower blend-split CV log-loss",
+    )
     p.add_argument("--val-size", type=int, default=10000, help="blend/validation images")
     p.add_argument("--subset", type=int, default=None, help="use only N training images")
     p.add_argument("--test-subset", type=int, default=None, help="score only N test images")
     p.add_argument("--photo-size", type=int, default=2000, help="photo-like images (0: skip)")
     return p.parse_args(argv)
+
+
+def code_revision(repo: Path = REPO_ROOT) -> dict:
+    """The git commit the training code came from and whether tracked files had local edits,
+    so an artifact names the code that made it (both None outside a git checkout)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=30
+        )
+        return done.stdout.strip()
+
+    try:
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
 
 
 def load_data(args: argparse.Namespace) -> Dataset:
@@ -79,6 +107,7 @@ def load_data(args: argparse.Namespace) -> Dataset:
 def train(args: argparse.Namespace) -> Path:
     """Fit all three strategies, score them, and save the artifact; returns its directory."""
     started = time.perf_counter()
+    revision = code_revision()
     data = load_data(args)
     n_train = len(data.train_labels)
     val_size = min(args.val_size, n_train // 5)
@@ -116,7 +145,7 @@ def train(args: argparse.Namespace) -> Path:
     seconds["boosting"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stacking = Stacking(cv=3, factory=factory, classes=data.classes)
+    stacking = Stacking(cv=3, meta=args.meta_model, factory=factory, classes=data.classes)
     stacking.set_members(
         bagging.members_ + boosting.members_, bagging.member_names_ + boosting.member_names_
     )
@@ -148,6 +177,7 @@ def train(args: argparse.Namespace) -> Path:
         "format": 1,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m ensembles.train " + shlex.join(sys.argv[1:]),
+        "code": revision,
         "classes": list(data.classes),
         "cnn": cnn.to_dict(),
         "train": train_cfg.to_dict(),
@@ -187,6 +217,7 @@ def train(args: argparse.Namespace) -> Path:
                 "meta": {
                     "type": "multinomial logistic regression",
                     "features": "log member probabilities",
+                    "candidates": stacking.meta,
                     "chosen": stacking.meta_choice_,
                     "cv_log_loss": stacking.meta_cv_log_loss_,
                     "cv_folds": stacking.cv,

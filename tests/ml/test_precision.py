@@ -31,6 +31,7 @@ def test_without_torchs_private_probe_the_cpu_flags_decide(tmp_path, monkeypatch
             raise AttributeError(name)
 
     monkeypatch.setattr(torch.ops, "mkldnn", NoProbe())
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
     assert trainer.cpu_computes_bf16(cpuinfo) is expected

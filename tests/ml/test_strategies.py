@@ -1,6 +1,7 @@
 """Each strategy trains on a small subset and predicts; stacking never fits on seen images."""
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from ensembles.bagging import Bagging
 from ensembles.boosting import Boosting, BoostingError
 from ensembles.members import MemberFactory
 from ensembles.stacking import Stacking
+from ensembles.train import code_revision
 from ensembles.trainer import TrainConfig
 from models.cnn import CNNConfig
 from models.data import to_tensor
@@ -104,9 +106,30 @@ def test_cli_run_keeps_blend_and_test_out_of_training(tiny_root):
     manifest = json.loads((tiny_root / "tiny" / "manifest.json").read_text())
     data = manifest["data"]
     assert data["fit_size"] + data["blend_size"] == 1000
-    assert manifest["strategies"]["stacking"]["meta"]["fitted_on"].startswith("blend split")
+    meta = manifest["strategies"]["stacking"]["meta"]
+    assert meta["fitted_on"].startswith("blend split")
+    assert meta["candidates"] == "auto" and set(meta["cv_log_loss"]) == {
+        "full C=0.003",
+        "full C=0.01",
+        "full C=0.03",
+        "tied",
+    }
+    assert meta["chosen"] == min(meta["cv_log_loss"], key=meta["cv_log_loss"].get)
     assert manifest["strategies"]["stacking"]["members"] == (
         manifest["strategies"]["bagging"]["members"] + manifest["strategies"]["boosting"]["members"]
     )
     assert manifest["metrics"]["photo_like"]["n"] == 40
     assert torch.__version__ == manifest["environment"]["torch"]
+
+
+def test_manifest_names_the_code_that_trained_it(tiny_root):
+    manifest = json.loads((tiny_root / "tiny" / "manifest.json").read_text())
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert manifest["code"]["commit"] == head
+    assert isinstance(manifest["code"]["dirty"], bool)
+
+
+def test_code_revision_outside_git_is_unknown(tmp_path):
+    assert code_revision(tmp_path) == {"commit": None, "dirty": None}
