@@ -22,16 +22,22 @@ from models.cnn import flops_per_image
 log = logging.getLogger(__name__)
 
 
-def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 5) -> float:
-    """Median wall time of ``fn`` in milliseconds."""
+def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 5) -> list[float]:
+    """Median wall time of each function in milliseconds.
+
+    The functions are timed in alternation (one call of each per round), so a machine that
+    speeds up or slows down during the run shifts all of them alike and their ratio holds.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for fn, series in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            series.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(series) for series in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,14 +70,17 @@ def main(argv: list[str] | None = None) -> int:
                     else type(ensemble.bank)(ensemble.members_[:limit], ensemble.cnn)
                 )
                 k = len(modules)
-                loop = median_ms(lambda modules=modules, x=x: [m(x) for m in modules], args.repeat)
-                fused = median_ms(lambda bank=bank, x=x: bank(x), args.repeat)
+                loop, fused = median_ms(
+                    lambda modules=modules, x=x: [m(x) for m in modules],
+                    lambda bank=bank, x=x: bank(x),
+                    repeat=args.repeat,
+                )
                 gflops = k * batch * flops / (fused / 1e3) / 1e9
                 out.append(
                     f"{label:22}{batch:>6}{k:>8}{loop:>10.3f}{fused:>10.3f}{fused / loop:>11.2f}"
                     f"{gflops:>9.1f}"
                 )
-            whole = median_ms(lambda x=x: bundle.predict("stacking", x), args.repeat)
+            (whole,) = median_ms(lambda x=x: bundle.predict("stacking", x), repeat=args.repeat)
             out.append(f"{'stacking predict()':22}{batch:>6}{'':>8}{'':>10}{whole:>10.3f}")
             out.append("")
     sys.stdout.write("\n".join(out) + "\n")
