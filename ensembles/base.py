@@ -160,7 +160,7 @@ class Ensemble:
         members run one by one and any that raises answers NaN rows (dropped downstream)."""
         x = x.to(self.device)
         try:
-            return torch.softmax(self.bank(x).double(), dim=-1).cpu().numpy()
+            return self.bank.probabilities(x)
         except Exception:
             log.exception("batched member forward failed; running members one by one")
             return self._forward_one_by_one(x)

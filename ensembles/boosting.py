@@ -114,7 +114,7 @@ class Boosting(VotingEnsemble):
             images, labels, [sample], desc=f"boosting round {round_}", offset=100 + round_
         )
         bank = FusedMembers([state_dict], self.cnn).to(self.device)
-        probs = member_probabilities(bank, images[train_idx])[0]
+        probs = member_probabilities(bank.probabilities, images[train_idx])[0]
         incorrect = probs.argmax(axis=-1) != labels[train_idx]
         step = samme_step(weights, incorrect, self.cnn.num_classes, self.learning_rate)
         return state_dict, step, sample

@@ -20,24 +20,11 @@ from tqdm.auto import tqdm
 
 from ensembles import aggregation, metrics
 from ensembles.base import Ensemble
-from models.data import load_fashion_mnist, to_tensor
+from ensembles.trainer import member_probabilities
+from models.data import load_fashion_mnist
 
 log = logging.getLogger(__name__)
 PHOTO_SEED = 2024
-
-
-def _forward_in_batches(
-    ensemble: Ensemble, images: np.ndarray, desc: str, batch_size: int = 1000
-) -> np.ndarray:
-    """``forward_members`` over uint8 images in batches: the serving path, NaN for failures."""
-    starts = range(0, len(images), batch_size)
-    return np.concatenate(
-        [
-            ensemble.forward_members(to_tensor(images[start : start + batch_size]))
-            for start in tqdm(starts, desc=desc, leave=False)
-        ],
-        axis=1,
-    )
 
 
 def members_probabilities(
@@ -56,7 +43,10 @@ def members_probabilities(
         if all(m in seen and seen[m][0] is sd for m, sd in members):
             out[name] = np.stack([seen[m][1] for m, _ in members])
             continue
-        out[name] = _forward_in_batches(ensemble, images, desc=f"{desc}: {name}")
+        # the serving forward: a member that raises answers NaN and is dropped, not fatal
+        out[name] = member_probabilities(
+            ensemble.forward_members, images, batch_size=1000, desc=f"{desc}: {name}"
+        )
         for (m, sd), probs in zip(members, out[name], strict=True):
             seen.setdefault(m, (sd, probs))
     return {name: out[name] for name in ensembles}

@@ -27,6 +27,7 @@ from functools import partial
 import numpy as np
 
 from ensembles.base import Ensemble, Fallback, MemberOutputs, Result
+from ensembles.metrics import nll
 from ensembles.trainer import member_probabilities
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,7 @@ def tied_meta_model(member_probs: np.ndarray, labels: np.ndarray, l2: float = TI
     if not fit.success:
         log.warning("tied meta-model: L-BFGS stopped early (%s)", fit.message)
     w, b = fit.x[:k], fit.x[k:]
-    coef = np.zeros((c, k * c))
-    for member in range(k):
-        coef[np.arange(c), member * c + np.arange(c)] = w[member]
+    coef = np.kron(w[None, :], np.eye(c))  # (C, K*C): member k's block is w_k * I
     present = np.bincount(labels, minlength=c) > 0
     return MetaModel(coef=coef, intercept=np.where(present, b, ABSENT_CLASS_INTERCEPT))
 
@@ -143,11 +142,6 @@ def meta_candidates(c_grid: Sequence[float], meta: str = "auto") -> dict[str, Me
     return candidates
 
 
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true labels."""
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0))))
-
-
 def fit_meta_model(
     member_probs: np.ndarray,
     labels: np.ndarray,
@@ -165,15 +159,16 @@ def fit_meta_model(
     scores: dict[str, float] = {}
     if len(names) > 1 and folds < 2:
         log.warning("a class has one blend image: no cross-validation, meta-model %s", names[0])
-    if folds >= 2 and len(names) > 1:
+    elif len(names) > 1:
         splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels, labels))
         for name in names:
             losses = [
-                log_loss(
+                nll(
                     candidates[name](member_probs[:, tr], labels[tr]).predict_proba(
                         member_probs[:, te]
                     ),
                     labels[te],
+                    eps=1e-15,
                 )
                 for tr, te in splits
             ]
@@ -217,7 +212,9 @@ class Stacking(Ensemble):
                     f"member {name} trained on {overlap.size} blend images; stacking must fit "
                     "only on predictions for images its members did not train on"
                 )
-        probs = member_probabilities(self.bank, images[blend_idx], desc="stacking features")
+        probs = member_probabilities(
+            self.bank.probabilities, images[blend_idx], desc="stacking features"
+        )
         y = labels[blend_idx]
         self.member_val_accuracy_ = [float(a) for a in (probs.argmax(-1) == y).mean(axis=1)]
         self.meta_, self.meta_choice_, self.meta_cv_log_loss_ = fit_meta_model(

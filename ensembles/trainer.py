@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from models.cnn import CNNConfig, FusedMembers, GroupedCNN
+from models.cnn import CNNConfig, GroupedCNN
 from models.data import IMAGE_SIZE, MEAN, STD, to_tensor
 
 log = logging.getLogger(__name__)
@@ -177,14 +177,17 @@ def fit_members(
 
 @torch.inference_mode()
 def member_probabilities(
-    bank: FusedMembers, images: np.ndarray, batch_size: int = 2048, desc: str | None = None
+    forward: Callable[[torch.Tensor], np.ndarray],
+    images: np.ndarray,
+    batch_size: int = 2048,
+    desc: str | None = None,
 ) -> np.ndarray:
-    """Softmax outputs of every member of ``bank`` on uint8 images: ``(K, N, C)`` float64."""
-    bank = bank.eval()
-    device = next(bank.parameters()).device
-    chunks = []
+    """``forward`` (normalised batch -> members' ``(K, n, C)`` probabilities) over uint8 images,
+    in batches: ``(K, N, C)``. E.g. ``FusedMembers.probabilities`` or
+    ``Ensemble.forward_members``."""
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=desc is None):
-        xb = to_tensor(images[start : start + batch_size]).to(device)
-        chunks.append(torch.softmax(bank(xb).double(), dim=-1).cpu().numpy())
+    chunks = [
+        forward(to_tensor(images[start : start + batch_size]))
+        for start in tqdm(starts, desc=desc, leave=False, disable=desc is None)
+    ]
     return np.concatenate(chunks, axis=1)

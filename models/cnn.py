@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -173,6 +174,11 @@ class FusedMembers(nn.Module):
         if x.shape[0] > self.chunk and x.device.type == "cpu":
             return torch.cat([self._forward(part) for part in x.split(self.chunk)], dim=1)
         return self._forward(x)
+
+    @torch.inference_mode()
+    def probabilities(self, x: torch.Tensor) -> np.ndarray:
+        """Every member's softmax as float64 ``(K, N, C)``; ``x`` moves to the bank's device."""
+        return torch.softmax(self(x.to(self.weights[0].device)).double(), dim=-1).cpu().numpy()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n, k = x.shape[0], self.k

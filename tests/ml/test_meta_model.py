@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
+from ensembles.metrics import nll
 from ensembles.stacking import (
     ABSENT_CLASS_INTERCEPT,
     MetaModel,
     fit_meta_model,
     full_meta_model,
-    log_loss,
     meta_candidates,
     tied_meta_model,
 )
@@ -104,7 +104,7 @@ def test_choice_goes_to_the_lowest_cross_validated_log_loss(pooled):
     assert chosen == min(scores, key=scores.get) == "tied"  # the labels came from a tied pool
     # the chosen model is refitted on the whole blend split, not one fold
     np.testing.assert_allclose(meta.coef, tied_meta_model(probs, labels).coef)
-    assert log_loss(meta.predict_proba(probs), labels) < scores["uniform"]
+    assert nll(meta.predict_proba(probs), labels) < scores["uniform"]
 
 
 def test_one_candidate_needs_no_cross_validation(pooled):
