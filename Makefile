@@ -59,6 +59,7 @@ evaluate: deps dataset
 bench: deps dataset
 	$(PY) -m bench.forward
 	$(PY) -m bench.load
+	$(PY) -m bench.cascade
 
 lint: dev-deps
 	$(VENV)/bin/ruff check .

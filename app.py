@@ -22,23 +22,12 @@ import store
 from ensembles.bundle import load_bundle
 from models.preprocess import DEFAULT_MAX_PIXELS
 from models.registry import ARTIFACT_ROOT
+from serving import catalogue
+from serving.container import build_services
+from serving.service import ModelHolder
 from store.db import DatabaseUrlError
-from views import (
-    ab,
-    admin,
-    api,
-    bagging,
-    boosting,
-    errors,
-    health,
-    hooks,
-    main,
-    samples,
-    stacking,
-    templating,
-)
-from views.service import LoadedModels
-from views.simulate import simulate_command
+from views import admin, api, cli, errors, health, hooks, pages, samples, templating
+from views.context import EXTENSION
 
 log = logging.getLogger("chorus")
 csrf = CSRFProtect()
@@ -85,6 +74,8 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
         LOG_LEVEL="INFO",
         MAX_IMAGE_PIXELS=DEFAULT_MAX_PIXELS,
         BUNDLE=None,
+        #: How long a worker trusts its cached ensemble and experiment definitions (seconds).
+        DEFINITIONS_TTL=1.0,
         WTF_CSRF_TIME_LIMIT=None,  # a result page left open for hours can still take feedback
         SESSION_COOKIE_SAMESITE="Lax",
     )
@@ -135,7 +126,7 @@ def set_torch_threads() -> None:
     torch.set_num_threads(threads)
 
 
-def load_models(app: Flask) -> None:
+def load_models(app: Flask) -> ModelHolder:
     """Load and warm the ensembles once; without them the app runs but is not ready (503)."""
     bundle = app.config["BUNDLE"]
     if bundle is None:
@@ -145,9 +136,8 @@ def load_models(app: Flask) -> None:
             bundle.warm_up()
         except Exception as exc:  # ArtifactError, or anything a broken artifact raises
             log.exception("no model loaded; /readyz and predictions answer 503 until fixed")
-            app.extensions["chorus_models"] = LoadedModels(None, f"{type(exc).__name__}: {exc}")
-            return
-    app.extensions["chorus_models"] = LoadedModels(bundle)
+            return ModelHolder(None, f"{type(exc).__name__}: {exc}")
+    return ModelHolder(bundle)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -167,10 +157,32 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     except DatabaseUrlError as exc:
         raise ConfigError(str(exc)) from exc
     templating.init_app(app)
-    for module in (main, bagging, boosting, stacking, ab, api, admin, health, errors):
-        app.register_blueprint(module.bp)
-    app.cli.add_command(simulate_command)
 
-    load_models(app)
+    models = load_models(app)
+    with app.app_context():
+        db = store.get_store()
+    services = build_services(
+        models,
+        db,
+        max_pixels=app.config["MAX_IMAGE_PIXELS"],
+        ttl=app.config["DEFINITIONS_TTL"],
+        inline_after=bool(app.testing),
+    )
+    app.extensions[EXTENSION] = services
+    services.definitions.ensure_builtins(app.config["AB_SPLIT"])
+    db.sessions.remove()
+    if db.engine.pool.__class__.__name__ != "StaticPool":
+        db.engine.dispose()  # no pooled connection may survive into forked workers (preload)
+    # Without a model every built-in page still exists (and says why it cannot answer).
+    builtin = (
+        models.bundle.ensembles
+        if models.bundle is not None
+        else [s.name for s in catalogue.BUILTIN_ENSEMBLES]
+    )
+    page_list = catalogue.Catalogue.build(builtin).pages
+    app.register_blueprint(pages.make_blueprint(page_list))
+    for module in (api, admin, health, errors, cli):
+        app.register_blueprint(module.bp)
+
     samples.gallery()  # read the test split now, shared by forked workers
     return app

@@ -63,12 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in (1, 64):
             x = torch.randn(batch, 1, 28, 28)
             for label, ensemble, limit in rows:
-                modules = ensemble._member_modules()[:limit]
-                bank = (
-                    ensemble.bank
-                    if limit is None
-                    else type(ensemble.bank)(ensemble.members_[:limit], ensemble.cnn)
-                )
+                modules = ensemble.bank._member_modules()[:limit]
+                bank = ensemble.bank.select(ensemble.bank.names[:limit]).fused
                 k = len(modules)
                 loop, fused = median_ms(
                     lambda modules=modules, x=x: [m(x) for m in modules],

@@ -50,6 +50,7 @@ ADMIN_USER = "admin"
 TARGET_PREDICTIONS_PER_S = 100.0
 TARGET_P95_MS = 150.0
 _ACCESS_PID = re.compile(r'"[A-Z]+ (\S+) HTTP/[\d.]+" \d+ .* pid=<(\d+)>')
+_ACCESS_RID = re.compile(r"pid=<(\d+)> rid=(\S+)")
 
 
 def free_port() -> int:
@@ -112,6 +113,20 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def admin_request(
+    url: str, password: str, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    """One admin API call with a JSON body (or none): (status, decoded JSON answer)."""
+    headers = basic_auth(password)
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    with Client(url) as client:
+        status, answer = client.request(method, path, data, headers)
+    return status, json.loads(answer) if answer else None
 
 
 def total_predictions(url: str, password: str) -> int:
@@ -230,6 +245,21 @@ class GunicornServer:
         return Counter(
             int(pid) for p, pid in _ACCESS_PID.findall(self.log_text()) if p.startswith(path)
         )
+
+    def pids_by_request_id(self) -> dict[str, int]:
+        """Which worker pid answered each request, by the X-Request-ID the client sent."""
+        return {rid: int(pid) for pid, rid in _ACCESS_RID.findall(self.log_text())}
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (as lscpu shows it), so timings say what they were measured on."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

@@ -23,11 +23,11 @@ class Bagging(VotingEnsemble):
 
     def fit(self, images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray) -> Bagging:
         """Draw one bootstrap sample per member from ``train_idx`` and train all members jointly."""
-        rng = np.random.default_rng(self.factory.seed)
+        rng = np.random.default_rng(self.training_factory().seed)
         n = len(train_idx)
         samples = [train_idx[rng.integers(0, n, n)] for _ in range(self.n_members)]
         self.train_indices_ = [np.unique(s) for s in samples]
-        state_dicts = self.factory.fit(images, labels, samples, desc="bagging")
+        state_dicts = self.training_factory().fit(images, labels, samples, desc="bagging")
         return self.set_members(state_dicts, [f"bagging-{i}" for i in range(self.n_members)])
 
     def _vote_weights(self, outputs: MemberOutputs) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The Ensemble base class and the Result every strategy returns.
 
-An ensemble owns K member checkpoints (plain state dicts of one architecture). ``predict`` runs
-all members in one batched forward (``FusedMembers``), drops members that fail or answer
-non-finite numbers, and hands the survivors to the strategy's ``combine_outputs``.
+An ensemble owns K member checkpoints (plain state dicts of one architecture) behind a
+``MemberBank`` (``models/banks.py``). ``predict`` runs all members in one batched forward, drops
+members that fail or answer non-finite numbers, and hands the survivors to the strategy's
+``combine_outputs``.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 
 from ensembles import aggregation
-from ensembles.members import MemberFactory
-from ensembles.trainer import resolve_device
-from models.cnn import CNNConfig, FusedMembers, MemberCNN
+from models.banks import MemberBank, TorchBank
+from models.cnn import CNNConfig
+from models.tensor import resolve_device
+
+if TYPE_CHECKING:  # training only: serving never imports the trainer
+    from ensembles.members import MemberFactory
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ class Result:
     weights: np.ndarray  # (K_alive,), as used by the combination (not normalised)
     fallback: Fallback | None = None
     degraded: list[str] = field(default_factory=list)
+    #: Cascades only: how many members each image ran through before it exited, ``(N,)``.
+    members_used: np.ndarray | None = None
 
     @property
     def predictions(self) -> np.ndarray:
@@ -96,74 +102,95 @@ class MemberOutputs:
     degraded: list[str]
 
 
+def result_of(
+    strategy: str,
+    classes: tuple[str, ...],
+    outputs: MemberOutputs,
+    probabilities: np.ndarray,
+    weights: np.ndarray,
+    fallback: Fallback | None = None,
+) -> Result:
+    """A ``Result`` from combined probabilities and the outputs of the members that answered."""
+    return Result(
+        strategy=strategy,
+        classes=classes,
+        probabilities=probabilities,
+        member_names=outputs.names,
+        member_probabilities=outputs.probabilities,
+        weights=weights,
+        fallback=fallback,
+        degraded=outputs.degraded,
+    )
+
+
 class Ensemble:
-    """Members of one CNN architecture plus a rule that combines them."""
+    """Members behind a ``MemberBank`` plus a rule that combines them."""
 
     strategy: ClassVar[str] = "ensemble"
 
-    def __init__(self, factory: MemberFactory | None = None, classes: Sequence[str] = ()) -> None:
-        self.factory = factory or MemberFactory()
+    def __init__(
+        self,
+        factory: MemberFactory | None = None,
+        classes: Sequence[str] = (),
+        cnn: CNNConfig | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.factory = factory
         self.classes = tuple(classes)
+        self._cnn = cnn or (factory.cnn if factory is not None else CNNConfig())
+        self._device = factory.device if factory is not None else device
 
     @property
     def cnn(self) -> CNNConfig:
-        return self.factory.cnn
+        return self._cnn
+
+    def training_factory(self) -> MemberFactory:
+        """The factory ``fit`` trains members with (imported here: serving never trains)."""
+        if self.factory is None:
+            from ensembles.members import MemberFactory
+
+            self.factory = MemberFactory(cnn=self._cnn, device=self._device)
+        return self.factory
 
     @property
     def device(self) -> torch.device:
-        return resolve_device(self.factory.device)
+        return resolve_device(self._device)
 
     # -- members -----------------------------------------------------------------------------
     def set_members(
-        self, state_dicts: Sequence[dict[str, torch.Tensor]], names: Sequence[str]
+        self,
+        state_dicts: Sequence[dict[str, torch.Tensor]],
+        names: Sequence[str],
+        bank: MemberBank | None = None,
     ) -> Ensemble:
-        """Install trained member checkpoints (from training or an artifact)."""
+        """Install trained member checkpoints (from training or an artifact); ``bank`` shares an
+        already built runtime over them (serving), otherwise a ``TorchBank`` is made."""
         if len(state_dicts) != len(names) or not state_dicts:
             raise ValueError("need one name per member and at least one member")
+        if bank is not None and tuple(bank.names) != tuple(names):
+            raise ValueError(f"bank members {bank.names} differ from {tuple(names)}")
         self.members_ = list(state_dicts)
         self.member_names_ = list(names)
-        self._bank: FusedMembers | None = None
-        self._modules: list[MemberCNN] | None = None
+        self._bank = bank
+        return self
+
+    def use_bank(self, bank: MemberBank) -> Ensemble:
+        """Serve members that exist only behind a runtime (another runtime, or a test fake)."""
+        self.members_ = []
+        self.member_names_ = list(bank.names)
+        self._bank = bank
         return self
 
     @property
-    def bank(self) -> FusedMembers:
-        """The fused inference module, built once from the member checkpoints."""
+    def bank(self) -> MemberBank:
+        """The runtime over the members (a fused ``TorchBank`` unless one was given)."""
         if self._bank is None:
-            self._bank = FusedMembers(self.members_, self.cnn).to(self.device).eval()
+            self._bank = TorchBank(self.members_, self.member_names_, self.cnn, str(self.device))
         return self._bank
 
-    def _member_modules(self) -> list[MemberCNN]:
-        if self._modules is None:
-            modules = []
-            for sd in self.members_:
-                module = MemberCNN(self.cnn)
-                module.load_state_dict(sd)
-                modules.append(module.to(self.device).eval())
-            self._modules = modules
-        return self._modules
-
-    def _forward_one_by_one(self, x: torch.Tensor) -> np.ndarray:
-        """Slow path after the batched forward failed: isolate the members that raise."""
-        outputs = []
-        for name, module in zip(self.member_names_, self._member_modules(), strict=True):
-            try:
-                outputs.append(torch.softmax(module(x).double(), dim=-1).cpu().numpy())
-            except Exception:
-                log.exception("member %s raised; dropping it", name)
-                outputs.append(np.full((x.shape[0], self.cnn.num_classes), np.nan))
-        return np.stack(outputs)
-
-    @torch.inference_mode()
     def forward_members(self, x: torch.Tensor) -> np.ndarray:
-        """Every member's softmax ``(K, N, C)`` in one batched forward; when that raises, the
-        members run one by one and any that raises answers NaN rows (dropped downstream)."""
-        x = x.to(self.device)
-        try:
-            return self.bank.probabilities(x)
-        except Exception:
-            log.exception("batched member forward failed; running members one by one")
-            return self._forward_one_by_one(x)
+        """Every member's softmax ``(K, N, C)``; a member that fails answers NaN rows."""
+        return self.bank.probabilities(x)
 
     def member_outputs(self, x: torch.Tensor) -> MemberOutputs:
         """All members in one batched forward; non-finite or failing members are dropped."""
@@ -198,16 +225,7 @@ class Ensemble:
         fallback: Fallback | None = None,
     ) -> Result:
         """Package combined probabilities with the answering members' votes."""
-        return Result(
-            strategy=self.strategy,
-            classes=self.classes,
-            probabilities=probabilities,
-            member_names=outputs.names,
-            member_probabilities=outputs.probabilities,
-            weights=weights,
-            fallback=fallback,
-            degraded=outputs.degraded,
-        )
+        return result_of(self.strategy, self.classes, outputs, probabilities, weights, fallback)
 
     def _require_members(self, outputs: MemberOutputs) -> None:
         if len(outputs.names) == 0:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ensembles.base import MemberOutputs, VotingEnsemble
-from ensembles.trainer import member_probabilities
+from models.banks import member_probabilities
 from models.cnn import FusedMembers
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Boosting(VotingEnsemble):
     def fit(self, images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray) -> Boosting:
         """Run up to ``n_members`` SAMME rounds on ``train_idx``."""
         n_classes = self.cnn.num_classes
-        rng = np.random.default_rng(self.factory.seed + 7919)
+        rng = np.random.default_rng(self.training_factory().seed + 7919)
         weights = np.full(len(train_idx), 1.0 / len(train_idx))
         state_dicts, self.alphas_, self.errors_, self.train_indices_ = [], [], [], []
         for round_ in range(self.n_members):
@@ -110,7 +110,7 @@ class Boosting(VotingEnsemble):
     def _boost(self, round_, weights, images, labels, train_idx, rng):
         """Train one member on a weighted resample and score it on the whole training split."""
         sample = train_idx[rng.choice(len(train_idx), size=len(train_idx), p=weights)]
-        [state_dict] = self.factory.fit(
+        [state_dict] = self.training_factory().fit(
             images, labels, [sample], desc=f"boosting round {round_}", offset=100 + round_
         )
         bank = FusedMembers([state_dict], self.cnn).to(self.device)

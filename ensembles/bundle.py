@@ -1,27 +1,46 @@
-"""Build the three served ensembles from a verified artifact; the one entry point for serving."""
+"""Build the served ensembles from a verified artifact; the one entry point for serving.
+
+Bagging, Boosting and Stacking always; Cascade when the manifest defines it (artifacts trained
+before it existed serve the other three). All of them share one ``TorchBank``.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from ensembles.bagging import Bagging
 from ensembles.base import Ensemble, Result
 from ensembles.boosting import Boosting
-from ensembles.members import MemberFactory
+from ensembles.cascade import Cascade
 from ensembles.stacking import MetaModel, Stacking
-from models.cnn import CNNConfig
+from models.banks import MemberBank, TorchBank
+from models.manifest import Manifest, ManifestError
 from models.registry import ARTIFACT_ROOT, Artifact, load_artifact
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("bagging", "boosting", "stacking")
+E = TypeVar("E", bound=Ensemble)
+#: Every built-in strategy; an artifact without a cascade serves the first three.
+STRATEGIES = ("bagging", "boosting", "stacking", "cascade")
 
 
 class UnknownStrategyError(ValueError):
     """The requested strategy is not one of the served ensembles."""
+
+
+@dataclass(frozen=True)
+class BlendSplit:
+    """Members' probabilities on the blend split (no member trained on it), with its labels:
+    what created stacking ensembles and cascades are fitted on, never test data."""
+
+    members: tuple[str, ...]
+    probabilities: np.ndarray  # (K, N, C)
+    labels: np.ndarray  # (N,)
 
 
 @dataclass
@@ -30,8 +49,18 @@ class EnsembleBundle:
 
     version: str
     classes: tuple[str, ...]
-    manifest: dict
+    manifest: dict  # the raw manifest (views read it); ``manifest_info`` is the parsed one
     ensembles: dict[str, Ensemble]
+    manifest_info: Manifest
+
+    #: Every member of the artifact behind one runtime; ensembles use ``bank.select(...)``.
+    bank: MemberBank
+    blend: BlendSplit | None = None
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        """The built-in strategies this artifact serves, in ``STRATEGIES`` order."""
+        return tuple(name for name in STRATEGIES if name in self.ensembles)
 
     def predict(self, strategy: str, x: torch.Tensor) -> Result:
         """Run one strategy on a batch of normalised images ``(N, 1, 28, 28)``."""
@@ -47,52 +76,83 @@ class EnsembleBundle:
         """Build the fused banks and run one image through each, so requests never pay for it."""
         x = torch.zeros(1, 1, 28, 28)
         for ensemble in self.ensembles.values():
+            if isinstance(ensemble, Cascade):
+                ensemble.warm_up()  # an easy image would build its first member only
             ensemble.predict(x)
 
 
-def build_bundle(artifact: Artifact, device: str = "cpu") -> EnsembleBundle:
-    """Wire an artifact's members, alphas and meta-model into Bagging, Boosting and Stacking."""
-    manifest = artifact.manifest
-    classes = tuple(manifest["classes"])
-    factory = MemberFactory(cnn=CNNConfig.from_dict(manifest["cnn"]), device=device)
-    spec = manifest["strategies"]
+def build_bundle(
+    artifact: Artifact, device: str = "cpu", bank: MemberBank | None = None
+) -> EnsembleBundle:
+    """Wire an artifact's members, alphas, meta-model and cascade into its ensembles.
 
-    def members(names: list[str]) -> list[dict[str, torch.Tensor]]:
-        return [artifact.members[name] for name in names]
+    ``bank`` serves the members through another runtime (or a test fake) instead of the fused
+    CNN over the artifact's weights; the ensembles only ever see the bank."""
+    info = Manifest.from_dict(artifact.manifest)
+    spec = info.strategies
+    names = list(info.member_names)
+    if bank is None:
+        missing = [name for name in names if name not in artifact.members]
+        if missing:
+            raise ManifestError(f"manifest names members {missing} absent from the weights file")
+        bank = TorchBank([artifact.members[name] for name in names], names, info.cnn, device)
+    elif sorted(bank.names) != sorted(names):
+        raise ManifestError(f"the bank serves {bank.names}, the manifest names {names}")
+    shared = bank
+    common = {"classes": info.classes, "cnn": info.cnn, "device": device}
 
-    bagging = Bagging(
-        n_members=len(spec["bagging"]["members"]),
-        combine=spec["bagging"]["combine"],
-        factory=factory,
-        classes=classes,
-    ).set_members(members(spec["bagging"]["members"]), spec["bagging"]["members"])
-    boosting = (
+    def wire(ensemble: E, members: tuple[str, ...]) -> E:
+        view = shared.select(members)
+        if all(name in artifact.members for name in members):
+            ensemble.set_members([artifact.members[n] for n in members], list(members), view)
+        else:
+            ensemble.use_bank(view)
+        return ensemble
+
+    bagging = wire(
+        Bagging(n_members=len(spec.bagging.members), combine=spec.bagging.combine, **common),
+        spec.bagging.members,
+    )
+    boosting = wire(
         Boosting(
-            n_members=len(spec["boosting"]["members"]),
-            learning_rate=spec["boosting"]["learning_rate"],
-            combine=spec["boosting"]["combine"],
-            factory=factory,
-            classes=classes,
-        )
-        .set_members(members(spec["boosting"]["members"]), spec["boosting"]["members"])
-        .set_alphas(spec["boosting"]["alphas"])
-    )
-    stack_names = spec["stacking"]["members"]
+            n_members=len(spec.boosting.members),
+            learning_rate=spec.boosting.learning_rate,
+            combine=spec.boosting.combine,
+            **common,
+        ),
+        spec.boosting.members,
+    ).set_alphas(list(spec.boosting.alphas))
+    stack_names = spec.stacking.members
     meta = None if artifact.meta_arrays is None else MetaModel.from_arrays(artifact.meta_arrays)
-    stacking = (
-        Stacking(factory=factory, classes=classes)
-        .set_members(members(stack_names), stack_names)
-        .set_meta(
-            meta,
-            [manifest["members"][name]["val_accuracy"] for name in stack_names],
-            error=artifact.meta_error,
-        )
+    stacking = wire(Stacking(**common), stack_names).set_meta(
+        meta, info.val_accuracy(stack_names), error=artifact.meta_error
     )
+    ensembles: dict[str, Ensemble] = {
+        "bagging": bagging,
+        "boosting": boosting,
+        "stacking": stacking,
+    }
+    if spec.cascade is not None:
+        c = spec.cascade
+        ensembles["cascade"] = wire(
+            Cascade(threshold=c.threshold, weights=c.weights, pool=c.pool, bias=c.bias, **common),
+            c.members,
+        )
+    blend = None
+    if artifact.blend is not None and info.blend is not None:
+        blend = BlendSplit(
+            members=info.blend.members,
+            probabilities=artifact.blend["probabilities"].astype(np.float64),
+            labels=artifact.blend["labels"].astype(np.int64),
+        )
     return EnsembleBundle(
         version=artifact.version,
-        classes=classes,
-        manifest=manifest,
-        ensembles={"bagging": bagging, "boosting": boosting, "stacking": stacking},
+        classes=info.classes,
+        manifest=artifact.manifest,
+        ensembles=ensembles,
+        manifest_info=info,
+        bank=bank,
+        blend=blend,
     )
 
 

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ensembles import aggregation, metrics
 from ensembles.base import Ensemble
-from ensembles.trainer import member_probabilities
+from models.banks import member_probabilities
+from models.cnn import flops_per_image
 from models.data import load_fashion_mnist
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ def evaluate_ensembles(
         ensemble = ensembles[name]
         result = ensemble.combine_outputs(ensemble.split_outputs(probs))
         out["strategies"][name] = metrics.summary(result.probabilities, labels)
+        if result.members_used is not None:  # a cascade: what its early exits cost
+            mean_members = float(result.members_used.mean())
+            out["strategies"][name]["mean_members"] = round(mean_members, 4)
+            out["strategies"][name]["mean_mflops"] = round(
+                mean_members * flops_per_image(ensemble.cnn) / 1e6, 2
+            )
         correct[name] = result.predictions == labels
         for member, p in zip(result.member_names, result.member_probabilities, strict=True):
             out["members"].setdefault(member, metrics.summary(p, labels))
@@ -109,10 +116,13 @@ def evaluate_photo_like(
 
 def _table(report: dict) -> str:
     lines = [f"model version {report['version']}  (test n={report['test']['n']})", ""]
-    lines.append(f"{'':22}{'accuracy':>10}{'NLL':>10}{'ECE':>10}")
+    lines.append(f"{'':22}{'accuracy':>10}{'NLL':>10}{'ECE':>10}{'members':>10}{'MFLOP':>9}")
     for group in ("strategies", "members"):
         for name, m in report["test"][group].items():
-            lines.append(f"{name:22}{m['accuracy']:>10.4f}{m['nll']:>10.4f}{m['ece']:>10.4f}")
+            line = f"{name:22}{m['accuracy']:>10.4f}{m['nll']:>10.4f}{m['ece']:>10.4f}"
+            if "mean_members" in m:  # a cascade: mean members run and MFLOP per image
+                line += f"{m['mean_members']:>10.2f}{m['mean_mflops']:>9.1f}"
+            lines.append(line)
         lines.append("")
     for name, acc in report["test"]["variants"].items():
         lines.append(f"{name:22}{acc:>10.4f}")

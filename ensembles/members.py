@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ensembles.trainer import TrainConfig, fit_members, resolve_device
+from ensembles.trainer import TrainConfig, fit_members
 from models.cnn import CNNConfig
+from models.tensor import resolve_device
 
 
 @dataclass

@@ -28,7 +28,7 @@ import numpy as np
 
 from ensembles.base import Ensemble, Fallback, MemberOutputs, Result
 from ensembles.metrics import nll
-from ensembles.trainer import member_probabilities
+from models.banks import member_probabilities
 
 log = logging.getLogger(__name__)
 EPS = 1e-7
@@ -216,9 +216,11 @@ class Stacking(Ensemble):
             self.bank.probabilities, images[blend_idx], desc="stacking features"
         )
         y = labels[blend_idx]
+        # kept for what else is fitted on the blend split (the cascade) and the artifact
+        self.blend_probabilities_, self.blend_labels_ = probs, y
         self.member_val_accuracy_ = [float(a) for a in (probs.argmax(-1) == y).mean(axis=1)]
         self.meta_, self.meta_choice_, self.meta_cv_log_loss_ = fit_meta_model(
-            probs, y, meta_candidates(self.c_grid, self.meta), self.cv, self.factory.seed
+            probs, y, meta_candidates(self.c_grid, self.meta), self.cv, self.training_factory().seed
         )
         self.meta_error_ = None
         return self
@@ -236,42 +238,56 @@ class Stacking(Ensemble):
     def best_member_(self) -> str:
         return self.member_names_[int(np.argmax(self.member_val_accuracy_))]
 
-    def _member_weights(self) -> np.ndarray:
-        """Each member's share of the meta-model's absolute coefficients: its influence."""
-        k = len(self.member_names_)
-        if self.meta_ is None:
-            return np.full(k, 1.0 / k)
-        per_member = (
-            np.abs(self.meta_.coef).reshape(self.meta_.coef.shape[0], k, -1).sum(axis=(0, 2))
-        )
-        return per_member / per_member.sum()
-
-    def _meta_failure(self, outputs: MemberOutputs) -> tuple[str | None, np.ndarray | None]:
-        """Run the meta-model; return (reason it cannot be trusted, probabilities)."""
-        if outputs.degraded:
-            return f"member(s) {', '.join(outputs.degraded)} failed, meta-model needs all", None
-        if self.meta_ is None:
-            return self.meta_error_ or "meta-model missing", None
-        n, c = outputs.probabilities.shape[1:]
-        try:
-            probs = self.meta_.predict_proba(outputs.probabilities)
-        except Exception as exc:
-            log.exception("stacking meta-model raised")
-            return f"meta-model raised {type(exc).__name__}: {exc}", None
-        if not is_distribution(probs, n, c):
-            return "meta-model output is not a finite probability distribution", None
-        return None, probs
-
     def combine_outputs(self, outputs: MemberOutputs) -> Result:
         self._require_members(outputs)
-        reason, probs = self._meta_failure(outputs)
-        weights = self._member_weights()[outputs.alive]
-        fallback = None
-        if reason is not None:
-            accuracy = np.asarray(self.member_val_accuracy_)[outputs.alive]
-            best = int(np.argmax(accuracy))
-            fallback = Fallback(reason=reason, model=outputs.names[best])
-            log.warning("stacking falls back to %s: %s", fallback.model, reason)
-            probs = outputs.probabilities[best]
-            weights = np.eye(len(outputs.names))[best]
+        probs, weights, fallback = meta_combine(
+            outputs, self.meta_, self.meta_error_, self.member_val_accuracy_
+        )
         return self._result(outputs, probs, weights, fallback)
+
+
+def meta_influence(meta: MetaModel | None, k: int) -> np.ndarray:
+    """Each input's share of the meta-model's absolute coefficients: its influence."""
+    if meta is None:
+        return np.full(k, 1.0 / k)
+    per_member = np.abs(meta.coef).reshape(meta.coef.shape[0], k, -1).sum(axis=(0, 2))
+    return per_member / per_member.sum()
+
+
+def _meta_failure(
+    outputs: MemberOutputs, meta: MetaModel | None, meta_error: str | None
+) -> tuple[str | None, np.ndarray | None]:
+    """Run the meta-model; return (reason it cannot be trusted, probabilities)."""
+    if outputs.degraded:
+        return f"member(s) {', '.join(outputs.degraded)} failed, meta-model needs all", None
+    if meta is None:
+        return meta_error or "meta-model missing", None
+    n, c = outputs.probabilities.shape[1:]
+    try:
+        probs = meta.predict_proba(outputs.probabilities)
+    except Exception as exc:
+        log.exception("stacking meta-model raised")
+        return f"meta-model raised {type(exc).__name__}: {exc}", None
+    if not is_distribution(probs, n, c):
+        return "meta-model output is not a finite probability distribution", None
+    return None, probs
+
+
+def meta_combine(
+    outputs: MemberOutputs,
+    meta: MetaModel | None,
+    meta_error: str | None,
+    val_accuracy: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray, Fallback | None]:
+    """Stacking's answer over its inputs' outputs, or the best surviving input's when the
+    meta-model cannot be trusted: (probabilities, weights, fallback). Shared by the built-in
+    Stacking and stacking ensembles created through the API."""
+    reason, probs = _meta_failure(outputs, meta, meta_error)
+    weights = meta_influence(meta, len(outputs.alive))[outputs.alive]
+    if reason is None:
+        return probs, weights, None
+    accuracy = np.asarray(val_accuracy)[outputs.alive]
+    best = int(np.argmax(accuracy))
+    fallback = Fallback(reason=reason, model=outputs.names[best])
+    log.warning("stacking falls back to %s: %s", fallback.model, reason)
+    return outputs.probabilities[best], np.eye(len(outputs.names))[best], fallback

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from models.cnn import CNNConfig, GroupedCNN
-from models.data import IMAGE_SIZE, MEAN, STD, to_tensor
+from models.tensor import IMAGE_SIZE, normalise_
 
 log = logging.getLogger(__name__)
 PAD = 2
@@ -41,13 +41,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -155,7 +148,7 @@ def fit_members(
                 xb = x_all[idx.reshape(-1)]
                 if config.augment:
                     xb = augment(xb, gen)
-                xb = xb.sub_(MEAN).div_(STD).view(batch, k, IMAGE_SIZE, IMAGE_SIZE)
+                xb = normalise_(xb).view(batch, k, IMAGE_SIZE, IMAGE_SIZE)
                 xb = xb.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(
                     device.type, dtype=amp or torch.float32, enabled=amp is not None
@@ -173,21 +166,3 @@ def fit_members(
             log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, config.epochs, total / steps)
     model.eval()
     return [{key: v.cpu() for key, v in sd.items()} for sd in model.member_state_dicts()]
-
-
-@torch.inference_mode()
-def member_probabilities(
-    forward: Callable[[torch.Tensor], np.ndarray],
-    images: np.ndarray,
-    batch_size: int = 2048,
-    desc: str | None = None,
-) -> np.ndarray:
-    """``forward`` (normalised batch -> members' ``(K, n, C)`` probabilities) over uint8 images,
-    in batches: ``(K, N, C)``. E.g. ``FusedMembers.probabilities`` or
-    ``Ensemble.forward_members``."""
-    starts = range(0, len(images), batch_size)
-    chunks = [
-        forward(to_tensor(images[start : start + batch_size]))
-        for start in tqdm(starts, desc=desc, leave=False, disable=desc is None)
-    ]
-    return np.concatenate(chunks, axis=1)

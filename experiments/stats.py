@@ -344,16 +344,26 @@ def ab_results(
     arms = {name: arm_summary(records_by_arm.get(name, ())) for name in ARMS}
     bagging, boosting = arms[bagging_name], arms[boosting_name]
 
-    x1, n1 = int(bagging["correct"] or 0), int(bagging["labelled"] or 0)
-    x2, n2 = int(boosting["correct"] or 0), int(boosting["labelled"] or 0)
-    test = two_proportion_test(x1, n1, x2, n2)
-    both_labelled = n1 > 0 and n2 > 0
     srm = srm_test(
         int(bagging["served"] or 0), int(boosting["served"] or 0), expected_share_boosting
     )
-    samples_needed = additional_samples_needed(n1, n2, x1 / n1, mde) if n1 > 0 else None
     return {
         "arms": arms,
+        **ab_comparison(bagging, boosting, mde),
+        "srm_p_value": srm["p_value"],
+        "srm_ok": srm["ok"],
+    }
+
+
+def ab_comparison(
+    bagging: Mapping[str, Any], boosting: Mapping[str, Any], mde: float = 0.02
+) -> dict[str, Any]:
+    """The first release's Boosting-vs-Bagging keys from the two arms' summaries (``correct``,
+    ``labelled``): difference and its interval, z-test, P(Boosting better), samples needed."""
+    x1, n1 = int(bagging["correct"] or 0), int(bagging["labelled"] or 0)
+    x2, n2 = int(boosting["correct"] or 0), int(boosting["labelled"] or 0)
+    test = two_proportion_test(x1, n1, x2, n2)
+    return {
         "difference": {
             "boosting_minus_bagging": test["difference"],
             "ci_low": test["ci_low"],
@@ -361,9 +371,7 @@ def ab_results(
             "z": test["z"],
         },
         "p_value": test["p_value"],
-        "prob_boosting_better": prob_b_better(x1, n1, x2, n2) if both_labelled else None,
-        "srm_p_value": srm["p_value"],
-        "srm_ok": srm["ok"],
-        "samples_needed_per_arm": samples_needed,
+        "prob_boosting_better": prob_b_better(x1, n1, x2, n2) if n1 > 0 and n2 > 0 else None,
+        "samples_needed_per_arm": additional_samples_needed(n1, n2, x1 / n1, mde) if n1 else None,
         "mde": mde,
     }

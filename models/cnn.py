@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.data import IMAGE_SIZE
+from models.tensor import IMAGE_SIZE
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 28
-#: Fashion-MNIST training-set pixel statistics (after scaling to [0, 1]); training and serving
-#: normalise with the same two numbers.
-MEAN = 0.2860
-STD = 0.3530
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
     "Trouser",
@@ -182,11 +177,3 @@ def train_val_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nd
     """Shuffle indices once and cut a validation block: members never train on it."""
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[val_size:]), np.sort(order[:val_size])
-
-
-def to_tensor(images: np.ndarray):
-    """uint8 ``(N, 28, 28)`` -> normalised float tensor ``(N, 1, 28, 28)``."""
-    import torch
-
-    x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
-    return x.sub_(MEAN).div_(STD).unsqueeze(1)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from models.data import IMAGE_SIZE
+from models.tensor import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from models.data import IMAGE_SIZE, to_tensor
+from models.tensor import IMAGE_SIZE, to_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -226,9 +227,20 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     return _load(_open(data, max_pixels))
 
 
-def _decode_for_canvas(data: bytes, max_pixels: int) -> Image.Image:
+def _decode_for_canvas(
+    data: bytes, max_pixels: int, info: dict[str, Any] | None = None
+) -> Image.Image:
     """Decode at a reduced size when the format allows it: a 12 MP JPEG decodes at 1/4 or 1/8."""
     image = _open(data, max_pixels)
+    if info is not None:
+        width, height = image.size
+        info.update(
+            width=width,
+            height=height,
+            aspect=round(width / height, 4) if height else None,
+            format=(image.format or "unknown").lower(),
+            mode=image.mode,
+        )
     if image.format in ("JPEG", "MPO") and max(image.size) >= 2 * WORKING_SIZE:
         width, height = image.size
         longest = max(width, height)
@@ -349,12 +361,15 @@ def _blank() -> BlankImageError:
     )
 
 
-def _grey_to_canvas(grey: np.ndarray) -> np.ndarray:
+def _grey_to_canvas(grey: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
     """Map a grey-level photo to a 28x28 light-on-black canvas, Fashion-MNIST style."""
     height, width = grey.shape
     small = max(height, width) <= 4 * IMAGE_SIZE  # about model scale: every pixel matters
     ring_width = int(np.clip(round(min(height, width) * 0.01), 1, 8))
     level, _ = _background(_border(grey, ring_width))
+    if info is not None:
+        info["brightness"] = round(float(grey.mean()) / 255.0, 4)
+        info["background"] = "light" if level > 127.5 else "dark"
     if level > 127.5:  # dark item on a light background: make it light on black
         grey = 255.0 - grey
         level = 255.0 - level
@@ -427,6 +442,22 @@ def to_uint8_canvas(data: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIX
     else:
         image = _decode_for_canvas(bytes(data), max_pixels)
     return _grey_to_canvas(_to_grey(_reduce(image)))
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """The model's 28x28 input plus what the upload looked like (routing rules, monitoring)."""
+
+    canvas: np.ndarray  # (28, 28) uint8
+    features: dict[str, Any]  # width height aspect format mode background brightness bytes
+
+
+def analyse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocessed:
+    """Upload bytes -> the canvas and the request features that feature rules can read."""
+    info: dict[str, Any] = {"bytes": len(data)}
+    image = _decode_for_canvas(bytes(data), max_pixels, info)
+    canvas = _grey_to_canvas(_to_grey(_reduce(image)), info)
+    return Preprocessed(canvas=canvas, features=info)
 
 
 def preprocess(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:

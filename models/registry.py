@@ -2,8 +2,10 @@
 
 Every file's sha256 is recorded in ``manifest.json`` and verified at load. A bad member-weights
 file is a hard error (nothing can be served without members); a missing, corrupt or mismatched
-meta-model is reported as ``meta_error`` so stacking can fall back instead of failing. Nothing
-here unpickles anything.
+meta-model is reported as ``meta_error`` so stacking can fall back instead of failing, and a
+missing or corrupt ``blend.safetensors`` (the members' blend-split probabilities, kept so
+meta-models and cascade thresholds can be fitted later without the dataset) as ``blend_error``:
+serving never needs it. Nothing here unpickles anything.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ ARTIFACT_ROOT = Path(__file__).resolve().parent / "artifacts"
 MANIFEST = "manifest.json"
 MEMBERS_FILE = "members.safetensors"
 META_FILE = "meta.safetensors"
+BLEND_FILE = "blend.safetensors"
+#: Arrays of the blend file: probabilities (K, N, C) in ``manifest["blend"]["members"]`` order,
+#: the blend labels and the blend images' positions in the training set.
+BLEND_ARRAYS = ("probabilities", "labels", "indices")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -45,6 +51,10 @@ class Artifact:
     members: dict[str, dict[str, torch.Tensor]]
     meta_arrays: dict[str, np.ndarray] | None
     meta_error: str | None
+    #: The members' blend-split probabilities, labels and indices (``BLEND_ARRAYS``), or None
+    #: with ``blend_error`` saying why (older artifacts have none; serving never needs them).
+    blend: dict[str, np.ndarray] | None = None
+    blend_error: str | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -87,8 +97,9 @@ def save_artifact(
     manifest: dict,
     members: dict[str, dict[str, torch.Tensor]],
     meta_arrays: dict[str, np.ndarray] | None,
+    blend_arrays: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write weights, meta-model and a manifest listing every file's sha256."""
+    """Write weights, meta-model, blend arrays and a manifest listing every file's sha256."""
     if not _VERSION_RE.match(version):
         raise ValueError(f"bad version name {version!r}")
     path = root / version
@@ -105,6 +116,13 @@ def save_artifact(
             {k: np.ascontiguousarray(v) for k, v in meta_arrays.items()}, str(path / META_FILE)
         )
         files.append(META_FILE)
+    if blend_arrays is not None:
+        if set(blend_arrays) != set(BLEND_ARRAYS):
+            raise ValueError(f"blend arrays must be exactly {BLEND_ARRAYS}")
+        save_numpy(
+            {k: np.ascontiguousarray(v) for k, v in blend_arrays.items()}, str(path / BLEND_FILE)
+        )
+        files.append(BLEND_FILE)
     manifest = dict(manifest, version=version)
     manifest["files"] = {name: sha256_file(path / name) for name in files}
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -123,6 +141,43 @@ def _load_meta(path: Path, expected: str | None) -> tuple[dict[str, np.ndarray] 
         return load_numpy(str(file)), None
     except Exception as exc:  # safetensors raises its own error types
         return None, f"meta-model unreadable: {exc}"
+
+
+def _load_blend(
+    path: Path, expected: str | None, manifest: dict
+) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The blend arrays if listed, intact and consistent with the manifest, else why not."""
+    file = path / BLEND_FILE
+    if expected is None:
+        return None, "blend arrays not listed in the manifest"
+    if not file.is_file():
+        return None, "blend file missing"
+    if sha256_file(file) != expected:
+        return None, "blend file checksum mismatch (file changed since training)"
+    try:
+        arrays = load_numpy(str(file))
+    except Exception as exc:  # safetensors raises its own error types
+        return None, f"blend file unreadable: {exc}"
+    if set(arrays) != set(BLEND_ARRAYS):
+        return None, f"blend file holds {sorted(arrays)}, expected {list(BLEND_ARRAYS)}"
+    probs, labels, indices = (arrays[k] for k in BLEND_ARRAYS)
+    names = (manifest.get("blend") or {}).get("members") or []
+    n_classes = len(manifest.get("classes") or [])
+    if (
+        probs.ndim != 3
+        or probs.shape[0] != len(names)
+        or probs.shape[2] != n_classes
+        or labels.shape != (probs.shape[1],)
+        or indices.shape != labels.shape
+    ):
+        return None, (
+            f"blend arrays have shapes {probs.shape}, {labels.shape}, {indices.shape}; expected "
+            f"({len(names)}, N, {n_classes}), (N,), (N,)"
+        )
+    in_range = labels.min(initial=0) >= 0 and labels.max(initial=0) < n_classes
+    if not (np.all(np.isfinite(probs)) and in_range):
+        return None, "blend arrays hold non-finite probabilities or out-of-range labels"
+    return arrays, None
 
 
 def load_artifact(version: str | None = None, root: Path = ARTIFACT_ROOT) -> Artifact:
@@ -149,4 +204,7 @@ def load_artifact(version: str | None = None, root: Path = ARTIFACT_ROOT) -> Art
         log.warning(
             "artifact %s: %s; stacking will fall back to its best member", version, meta_error
         )
-    return Artifact(version, path, manifest, members, meta_arrays, meta_error)
+    blend, blend_error = _load_blend(path, files.get(BLEND_FILE), manifest)
+    if blend_error and BLEND_FILE in files:
+        log.warning("artifact %s: %s; serving is unaffected", version, blend_error)
+    return Artifact(version, path, manifest, members, meta_arrays, meta_error, blend, blend_error)

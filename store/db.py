@@ -1,9 +1,13 @@
-"""Engine and session per Flask app, in flaskr's ``db.py`` style: ``init_app`` wires it all."""
+"""Engine and sessions: ``open_store`` for any process, ``init_app`` wires one into a Flask app.
+
+The schema comes from the migrations (``store.migrate.upgrade``), never from ``create_all``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +17,11 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from store.models import Base
+from store.migrate import drop_everything, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,14 @@ class DatabaseUrlError(ValueError):
 
 @dataclass
 class Store:
-    """What ``init_app`` attaches to an app: its engine and a thread-scoped session registry."""
+    """An engine and a thread-scoped session registry: what ``init_app`` attaches to an app."""
 
     engine: Engine
     sessions: scoped_session[Session]
+
+    def session(self) -> Session:
+        """A session of its own, for code outside a request (use it in ``with``)."""
+        return Session(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
         """Release every connection (tests, and anything that outlives its app)."""
@@ -50,11 +58,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _set_wal(cursor: Any) -> None:
+    """Switch to WAL, retrying: the switch needs a moment alone and ignores busy_timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            # Another process starting at the same moment holds a lock (e.g. switching too).
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def parse_database_url(url: str) -> URL:
@@ -97,23 +119,28 @@ def make_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create missing tables; retried once because workers starting together may race."""
-    try:
-        Base.metadata.create_all(engine)
-    except (OperationalError, sqlite3.OperationalError):
-        log.info("create_all raced with another process; retrying once")
-        Base.metadata.create_all(engine)
+    """Bring the schema to head (the first release's name for it; see ``store.migrate``)."""
+    upgrade(engine)
 
 
-def init_app(app: Flask) -> None:
-    """Create the engine and tables, register the session teardown and the ``init-db`` command."""
-    engine = make_engine(app.config["DATABASE_URL"])
-    create_tables(engine)
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Engine, schema at head and sessions for ``DATABASE_URL``, with or without Flask."""
+    engine = make_engine(url)
+    if migrate:
+        upgrade(engine)
     if not isinstance(engine.pool, StaticPool):  # disposing would drop an in-memory database
         # No pooled connection may survive into gunicorn's forked workers (preload_app).
         engine.dispose()
     sessions = scoped_session(sessionmaker(bind=engine, expire_on_commit=False))
-    app.extensions[_EXTENSION] = Store(engine=engine, sessions=sessions)
+    return Store(engine=engine, sessions=sessions)
+
+
+def init_app(app: Flask) -> None:
+    """Open the store (migrating it), register the session teardown and the ``init-db`` command."""
+    store = open_store(app.config["DATABASE_URL"])
+    engine = store.engine
+    sessions = store.sessions
+    app.extensions[_EXTENSION] = store
 
     @app.teardown_appcontext
     def remove_session(_exc: BaseException | None = None) -> None:
@@ -123,10 +150,15 @@ def init_app(app: Flask) -> None:
     log.info("database ready: %s", engine.url.render_as_string(hide_password=True))
 
 
+def get_store() -> Store:
+    """The current app's store (engine and sessions)."""
+    store: Store = current_app.extensions[_EXTENSION]
+    return store
+
+
 def get_session() -> Session:
     """The current thread's session for the current app (removed at app-context teardown)."""
-    store: Store = current_app.extensions[_EXTENSION]
-    return store.sessions()
+    return get_store().sessions()
 
 
 def ping(session: Session) -> None:
@@ -140,12 +172,14 @@ def ping(session: Session) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask before --reset.")
 @with_appcontext
 def init_db_command(reset: bool, yes: bool) -> None:
-    """Create the tables (they are also created at start-up); --reset empties the database."""
-    store: Store = current_app.extensions[_EXTENSION]
+    """Migrate the schema to head (also done at start-up); --reset empties the database first."""
+    store = get_store()
     if reset:
         if not yes:
-            click.confirm("Delete every prediction and feedback record?", abort=True)
-        Base.metadata.drop_all(store.engine)
-        log.warning("dropped all tables")
-    create_tables(store.engine)
+            click.confirm(
+                "Delete every prediction, feedback, ensemble and experiment record?", abort=True
+            )
+        store.sessions.remove()  # no session may hold a connection into the dropped tables
+        drop_everything(store.engine)
+    upgrade(store.engine)
     click.echo(f"Initialized the database at {store.engine.url.render_as_string(True)}.")

@@ -1,13 +1,30 @@
-"""The two tables: one row per prediction request (failed ones too) and its feedback."""
+"""The tables: predictions and their feedback, and the ensembles, experiments and events as data."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    TypeDecorator,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: An ensemble's statuses: a paused one answers no traffic (e.g. its model version went away).
+ENSEMBLE_STATUSES = ("active", "paused")
+#: An experiment's statuses (DESIGN.md "Experiment lifecycle").
+EXPERIMENT_STATUSES = ("running", "paused", "completed", "rolled_back")
 
 
 def utcnow() -> datetime:
@@ -40,29 +57,38 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: JSON whose Python None is SQL NULL (not the JSON text ``null``), so ``IS NULL`` finds it.
+NullableJSON = JSON(none_as_null=True)
+
+
 class Base(DeclarativeBase):
-    """Declarative base holding the metadata that ``create_all`` builds."""
+    """Declarative base holding the metadata the migrations build (store/migrations/)."""
 
 
 class Prediction(Base):
-    """One prediction request: what was asked, which ensemble served, what it answered."""
+    """One prediction request (or shadow run): what was asked, which arm served, what it said."""
 
     __tablename__ = "predictions"
-    __table_args__ = (Index("ix_predictions_strategy_arm", "strategy", "arm"),)
+    __table_args__ = (
+        Index("ix_predictions_strategy_arm", "strategy", "arm"),
+        # Also the index for ``experiment`` alone (its leading column): results read by it.
+        Index("ix_predictions_experiment_arm_created_at", "experiment", "arm", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
-    #: The strategy the client asked for: bagging, boosting, stacking or ab.
-    strategy: Mapped[str] = mapped_column(String(16))
-    #: The ensemble that served (for ab: the assigned arm; otherwise equal to ``strategy``).
-    arm: Mapped[str] = mapped_column(String(16))
+    #: The strategy the client asked for: a built-in or created ensemble or experiment name.
+    strategy: Mapped[str] = mapped_column(String(64))
+    #: The ensemble or member that served (for an experiment: the routed arm, for a shadow run:
+    #: the shadow model; otherwise equal to ``strategy``).
+    arm: Mapped[str] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(String(64))
     class_index: Mapped[int | None]
     confidence: Mapped[float | None]
     #: ``{class name: probability}`` in class order.
-    probabilities: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True))
+    probabilities: Mapped[dict[str, float] | None] = mapped_column(NullableJSON)
     members: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    fallback: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True))
+    fallback: Mapped[dict[str, str] | None] = mapped_column(NullableJSON)
     degraded: Mapped[list[str]] = mapped_column(JSON, default=list)
     latency_ms: Mapped[float]
     model_version: Mapped[str] = mapped_column(String(64))
@@ -70,6 +96,20 @@ class Prediction(Base):
     image_sha256: Mapped[str] = mapped_column(String(64))
     #: Set when the ensemble failed (e.g. every member failed); the answer columns are then NULL.
     error: Mapped[str | None] = mapped_column(Text)
+    #: The experiment that routed the request; NULL for direct ensemble traffic.
+    experiment: Mapped[str | None] = mapped_column(String(64))
+    #: How many members a cascade queried before it stopped.
+    members_used: Mapped[int | None]
+    #: On a shadow run's row: the served prediction it shadowed (deleted with it).
+    shadow_of: Mapped[str | None] = mapped_column(
+        String(32),
+        ForeignKey("predictions.id", ondelete="CASCADE", name="fk_predictions_shadow_of"),
+        index=True,
+    )
+    #: Why the router chose the arm (e.g. ``sticky``, ``rule``, ``explore``, ``promoted``).
+    route_reason: Mapped[str | None] = mapped_column(String(32))
+    #: The request features (width, height, format, ... and the client's), for drift monitoring.
+    features: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
 
     feedback: Mapped[Feedback | None] = relationship(
         back_populates="prediction", uselist=False, lazy="raise"
@@ -91,3 +131,64 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prediction: Mapped[Prediction] = relationship(back_populates="feedback", lazy="raise")
+
+
+class EnsembleRow(Base):
+    """A created ensemble: its normalised create body, so every worker builds the same one."""
+
+    __tablename__ = "ensembles"
+    kind: ClassVar[str] = "ensemble"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    #: The model version it was built against (its members must exist there).
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ExperimentRow(Base):
+    """An experiment as data: definition, live state and outcome, shared by every worker."""
+
+    __tablename__ = "experiments"
+    kind: ClassVar[str] = "experiment"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    router: Mapped[str] = mapped_column(String(32))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: What changes while it runs, e.g. ``{"weights": {...}, "segments": {arm: [[lo, hi]]}}``.
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="running", server_default="running")
+    control: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    #: The results frozen at the decision.
+    report: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    #: Round-robin's cluster-wide counter (see ``next_ticket``).
+    rr_counter: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    #: Bumped on every change, so a worker's cache and a PATCH can tell they are stale.
+    revision: Mapped[int] = mapped_column(default=1, server_default=text("1"))
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ExperimentEvent(Base):
+    """One change to an ensemble or experiment, kept after it is deleted (no foreign key)."""
+
+    __tablename__ = "experiment_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The ensemble's or experiment's name.
+    experiment: Mapped[str] = mapped_column(String(64), index=True)
+    #: created, weights_changed, canary_changed, paused, resumed, promoted, rolled_back, ...
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    before: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    reason: Mapped[str | None] = mapped_column(Text)

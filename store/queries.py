@@ -1,4 +1,8 @@
-"""Every read and write the app makes, in portable SQLAlchemy (SQLite and Postgres alike)."""
+"""Predictions, feedback and the statistics inputs, in portable SQLAlchemy (SQLite and Postgres).
+
+Shadow runs (``shadow_of`` set) are never served: the first release's readers below and the
+per-arm aggregates skip them; ``shadow_outcomes`` and ``shadows_of`` read them.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, selectinload
 
 from store.models import Feedback, Prediction, utcnow
 
@@ -16,7 +20,12 @@ AB = "ab"
 
 
 def add_prediction(session: Session, **fields: Any) -> Prediction:
-    """Insert one prediction row in its own short transaction, so a worker holds no lock long."""
+    """Insert one prediction row in its own short transaction, so a worker holds no lock long.
+
+    ``fields`` are ``Prediction``'s columns, including the routing ones: ``experiment``, ``arm``,
+    ``members_used``, ``shadow_of`` (a shadow run's served prediction), ``route_reason`` and
+    ``features``.
+    """
     row = Prediction(**fields)
     session.add(row)
     try:
@@ -90,7 +99,7 @@ def records_by(session: Session, *, ab: bool) -> dict[str, list[dict[str, Any]]]
             Prediction.error.is_not(None).label("has_error"),
         )
         .outerjoin(Feedback, Feedback.prediction_id == Prediction.id)
-        .where(condition)
+        .where(condition, Prediction.shadow_of.is_(None))
     )
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in session.execute(query):
@@ -99,16 +108,19 @@ def records_by(session: Session, *, ab: bool) -> dict[str, list[dict[str, Any]]]
 
 
 def total_predictions(session: Session) -> int:
-    """Every recorded prediction request, failed ones included."""
-    return int(session.scalar(select(func.count()).select_from(Prediction)) or 0)
+    """Every recorded prediction request, failed ones included (shadow runs are not requests)."""
+    query = select(func.count()).select_from(Prediction).where(Prediction.shadow_of.is_(None))
+    return int(session.scalar(query) or 0)
 
 
-def accuracy_points(session: Session) -> dict[str, list[tuple[datetime, bool]]]:
-    """Labelled A/B outcomes per arm in time order: the raw material of the accuracy chart."""
+def accuracy_points(
+    session: Session, experiment: str = AB
+) -> dict[str, list[tuple[datetime, bool]]]:
+    """Labelled outcomes per arm of an experiment (the first release's: ab) in time order."""
     query = (
         select(Prediction.arm, Prediction.created_at, Feedback.correct)
         .join(Feedback, Feedback.prediction_id == Prediction.id)
-        .where(Prediction.strategy == AB, Prediction.error.is_(None))
+        .where(*_served_by(experiment), Prediction.error.is_(None))
         .order_by(Prediction.created_at, Prediction.id)
     )
     points: dict[str, list[tuple[datetime, bool]]] = defaultdict(list)
@@ -118,11 +130,228 @@ def accuracy_points(session: Session) -> dict[str, list[tuple[datetime, bool]]]:
 
 
 def recent_predictions(session: Session, limit: int = 25) -> list[Prediction]:
-    """The newest predictions with their feedback, for the admin table."""
+    """The newest served predictions with their feedback, for the admin table."""
     query = (
         select(Prediction)
+        .where(Prediction.shadow_of.is_(None))
         .options(selectinload(Prediction.feedback))
         .order_by(Prediction.created_at.desc(), Prediction.id)
         .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    """COUNT of the rows where ``condition`` holds (portable: no FILTER, no SUM of booleans)."""
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _served_by(experiment: str) -> list[ColumnElement[bool]]:
+    """The rows an experiment routed and served (its shadow runs excluded).
+
+    The first release recorded its one experiment, ``ab``, with ``strategy = 'ab'`` and no
+    ``experiment`` column: those rows stay part of ab's results.
+    """
+    routed: ColumnElement[bool] = Prediction.experiment == experiment
+    if experiment == AB:
+        routed = or_(routed, and_(Prediction.experiment.is_(None), Prediction.strategy == AB))
+    return [routed, Prediction.shadow_of.is_(None)]
+
+
+#: Every served request, direct or routed (shadow runs excluded).
+_ALL_SERVED: list[ColumnElement[bool]] = [Prediction.shadow_of.is_(None)]
+
+
+def _outcomes(
+    session: Session, key: InstrumentedAttribute[str], conditions: list[ColumnElement[bool]]
+) -> dict[str, dict[str, Any]]:
+    """Per-``key`` counts in one aggregate query (see ``arm_outcomes``)."""
+    ok = Prediction.error.is_(None)
+    confidence = case((ok, Prediction.confidence))
+    query = (
+        select(
+            key.label("key"),
+            func.count().label("requests"),
+            _count_if(ok).label("served"),
+            _count_if(ok & Feedback.id.is_not(None)).label("labelled"),
+            _count_if(ok & Feedback.correct.is_(True)).label("correct"),
+            func.sum(confidence).label("sum_confidence"),
+            func.avg(confidence).label("mean_confidence"),
+            _count_if(ok & Prediction.fallback.is_not(None)).label("fallbacks"),
+            _count_if(Prediction.error.is_not(None)).label("errors"),
+        )
+        .outerjoin(Feedback, Feedback.prediction_id == Prediction.id)
+        .where(*conditions)
+        .group_by(key)
+    )
+    outcomes: dict[str, dict[str, Any]] = {}
+    for row in session.execute(query):
+        counts = {
+            name: int(getattr(row, name))
+            for name in ("requests", "served", "labelled", "correct", "fallbacks", "errors")
+        }
+        outcomes[row.key] = {
+            **counts,
+            "sum_confidence": float(row.sum_confidence or 0.0),
+            "mean_confidence": (
+                float(row.mean_confidence) if row.mean_confidence is not None else None
+            ),
+        }
+    return outcomes
+
+
+def arm_outcomes(
+    session: Session, experiment: str, since: datetime | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per-arm counts of an experiment in one aggregate query, in ``arm_summary``'s terms.
+
+    ``requests`` counts every routed request, ``errors`` the failed ones; ``served`` the
+    successful ones, over which ``labelled``, ``correct``, ``fallbacks``, ``sum_confidence`` and
+    ``mean_confidence`` (None without any) are taken. ``since`` keeps only requests made at or
+    after it (the sample-ratio check counts traffic since the shares last changed).
+    """
+    conditions = _served_by(experiment)
+    if since is not None:
+        conditions = [*conditions, Prediction.created_at >= since]
+    return _outcomes(session, Prediction.arm, conditions)
+
+
+def strategy_outcomes(session: Session) -> dict[str, dict[str, Any]]:
+    """``arm_outcomes``' counts per requested strategy over all served traffic (the stats page)."""
+    return _outcomes(session, Prediction.strategy, _ALL_SERVED)
+
+
+def _newest_first(key: InstrumentedAttribute[str]) -> ColumnElement[int]:
+    """ROW_NUMBER() per key, 1 for its newest prediction (SQLite >= 3.25 and Postgres)."""
+    return func.row_number().over(
+        partition_by=key,
+        order_by=(Prediction.created_at.desc(), Prediction.id.desc()),
+    )
+
+
+def _latencies(
+    session: Session,
+    key: InstrumentedAttribute[str],
+    conditions: list[ColumnElement[bool]],
+    limit: int | None,
+) -> dict[str, list[float]]:
+    """Successful rows' latencies per key, newest first, at most ``limit`` per key."""
+    where = [*conditions, Prediction.error.is_(None)]
+    if limit is None:
+        query = (
+            select(key, Prediction.latency_ms)
+            .where(*where)
+            .order_by(key, Prediction.created_at.desc(), Prediction.id.desc())
+        )
+    else:
+        ranked = (
+            select(
+                key.label("key"),
+                Prediction.latency_ms.label("latency_ms"),
+                _newest_first(key).label("rank"),
+            )
+            .where(*where)
+            .subquery()
+        )
+        query = (
+            select(ranked.c.key, ranked.c.latency_ms)
+            .where(ranked.c.rank <= limit)
+            .order_by(ranked.c.key, ranked.c.rank)
+        )
+    latencies: dict[str, list[float]] = defaultdict(list)
+    for name, latency_ms in session.execute(query):
+        latencies[name].append(float(latency_ms))
+    return dict(latencies)
+
+
+def arm_latencies(
+    session: Session, experiment: str, limit: int | None = None
+) -> dict[str, list[float]]:
+    """Latencies (ms) of each arm's successful served predictions, newest first, for percentiles."""
+    return _latencies(session, Prediction.arm, _served_by(experiment), limit)
+
+
+def strategy_latencies(session: Session, limit: int | None = None) -> dict[str, list[float]]:
+    """Successful served latencies (ms) per requested strategy, newest first."""
+    return _latencies(session, Prediction.strategy, _ALL_SERVED, limit)
+
+
+def latency_window(session: Session, experiment: str, window: int) -> dict[str, list[float]]:
+    """Each arm's last ``window`` successful served latencies: what latency_based routes by."""
+    return _latencies(session, Prediction.arm, _served_by(experiment), window)
+
+
+def reward_window(session: Session, experiment: str, window: int) -> dict[str, tuple[int, int]]:
+    """(labelled, correct) over each arm's last ``window`` labelled served predictions: bandits."""
+    ranked = (
+        select(
+            Prediction.arm.label("arm"),
+            Feedback.correct.label("correct"),
+            _newest_first(Prediction.arm).label("rank"),
+        )
+        .join(Feedback, Feedback.prediction_id == Prediction.id)
+        .where(*_served_by(experiment), Prediction.error.is_(None))
+        .subquery()
+    )
+    query = (
+        select(ranked.c.arm, func.count(), _count_if(ranked.c.correct.is_(True)))
+        .where(ranked.c.rank <= window)
+        .group_by(ranked.c.arm)
+    )
+    return {arm: (int(labelled), int(correct)) for arm, labelled, correct in session.execute(query)}
+
+
+def shadow_outcomes(session: Session, experiment: str) -> dict[str, dict[str, Any]]:
+    """Per shadow model: runs, errors, agreement with the served answer, accuracy inputs, latencies.
+
+    Over the shadow runs of predictions the experiment served: ``runs`` counts them all and
+    ``errors`` the failed ones; ``agreement`` counts successful runs that answered the served
+    class; ``labelled`` counts successful runs whose served prediction has feedback, ``correct``
+    those among them that answered its true class; ``latencies`` are the successful runs' (ms),
+    newest first.
+    """
+    shadow = aliased(Prediction, name="shadow")
+    served = aliased(Prediction, name="served")
+    ok = shadow.error.is_(None)
+    query = (
+        select(
+            shadow.arm,
+            func.count().label("runs"),
+            _count_if(shadow.error.is_not(None)).label("errors"),
+            _count_if(ok & (shadow.class_index == served.class_index)).label("agreement"),
+            _count_if(ok & Feedback.id.is_not(None)).label("labelled"),
+            _count_if(ok & (shadow.class_index == Feedback.true_class_index)).label("correct"),
+        )
+        .join(served, shadow.shadow_of == served.id)
+        .outerjoin(Feedback, Feedback.prediction_id == served.id)
+        .where(served.experiment == experiment)
+        .group_by(shadow.arm)
+    )
+    outcomes: dict[str, dict[str, Any]] = {
+        row.arm: {
+            key: int(getattr(row, key))
+            for key in ("runs", "errors", "agreement", "labelled", "correct")
+        }
+        for row in session.execute(query)
+    }
+    latencies = (
+        select(shadow.arm, shadow.latency_ms)
+        .join(served, shadow.shadow_of == served.id)
+        .where(served.experiment == experiment, ok)
+        .order_by(shadow.arm, shadow.created_at.desc(), shadow.id.desc())
+    )
+    for outcome in outcomes.values():
+        outcome["latencies"] = []
+    for arm, latency_ms in session.execute(latencies):
+        outcomes[arm]["latencies"].append(float(latency_ms))
+    return outcomes
+
+
+def shadows_of(session: Session, prediction_id: str) -> list[Prediction]:
+    """The shadow runs recorded for one served prediction, oldest first."""
+    query = (
+        select(Prediction)
+        .where(Prediction.shadow_of == prediction_id)
+        .order_by(Prediction.created_at, Prediction.id)
     )
     return list(session.scalars(query))

@@ -1,8 +1,9 @@
-"""App fixtures in flaskr style: ``app``, ``client``, ``runner``, plus the shared model bundle.
+"""App fixtures in flaskr style: ``app``, ``client``, ``runner``, plus the model bundles.
 
-The bundle loads once per session from ``CHORUS_TEST_ARTIFACT_ROOT`` (default: the committed
-artifacts) and is handed to every app through ``test_config``; each test gets its own SQLite
-file under ``tmp_path``.
+Web tests get ``app_bundle``: the served ensembles over ``tests.fakes.FakeBank`` (MLServer's
+fake runtimes), so they never run the nine-member CNN; ``shipped_bundle`` is the committed
+artifact, loaded once, for the tests that must see the real models. Each test gets its own
+SQLite file under ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,22 @@ from PIL import Image
 from app import create_app
 from ensembles.base import NoMembersLeftError
 from ensembles.bundle import EnsembleBundle, load_bundle
+from models.data import FASHION_MNIST_CLASSES
 from models.registry import ARTIFACT_ROOT, ArtifactError
+from tests.fakes import fake_bundle
 
 ADMIN_PASSWORD = "s3cret-admin"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def app_bundle() -> EnsembleBundle:
-    """The ensembles, loaded once: loading costs about a second."""
+    """The served ensembles over a fresh fake bank (a test may break its members)."""
+    return fake_bundle(FASHION_MNIST_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def shipped_bundle() -> EnsembleBundle:
+    """The committed artifact's ensembles, loaded once: loading costs about a second."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = Path(os.environ.get("CHORUS_TEST_ARTIFACT_ROOT", ARTIFACT_ROOT))
     try:

@@ -9,7 +9,16 @@ import pytest
 
 import store
 
-ADMIN_URLS = ["/admin", "/api/v1/stats", "/api/v1/experiments/ab/results"]
+ADMIN_URLS = [
+    "/admin",
+    "/admin/experiments",
+    "/admin/experiments/ab",
+    "/api/v1/stats",
+    "/api/v1/experiments/ab/results",
+    "/api/v1/experiments",
+    "/api/v1/inference/ensemble",
+]
+AB_PAGE = "/admin/experiments/ab"
 Z = 1.959963984540054  # two-sided 95 % normal quantile
 
 
@@ -43,11 +52,13 @@ def test_right_credentials_get_in(client, admin_headers, url):
     assert response.headers["Cache-Control"] == "no-store"
 
 
-def test_empty_admin_page_says_no_data(client, admin_headers):
+def test_empty_admin_pages_say_no_data(client, admin_headers):
     html = client.get("/admin", headers=admin_headers).get_data(as_text=True)
     assert "No predictions yet" in html
+    assert 'href="/admin/experiments/ab"' in html  # the built-in experiment is listed
+    html = client.get(AB_PAGE, headers=admin_headers).get_data(as_text=True)
     assert "no data" in html
-    assert "No data: no A/B prediction has feedback yet" in html
+    assert "No data: no prediction of this experiment has feedback yet" in html
 
 
 def _add(session, strategy, arm, *, correct=None, latency=10.0, confidence=0.8, fallback=None,
@@ -148,7 +159,7 @@ def test_stats_totals_by_requested_strategy(client, admin_headers, known_records
     body = client.get("/api/v1/stats", headers=admin_headers).get_json()
     assert body["total_predictions"] == 13 + 8 + 5 + 1
     by = body["by_strategy"]
-    assert set(by) == {"bagging", "boosting", "stacking", "ab"}
+    assert set(by) == {"bagging", "boosting", "stacking", "cascade", "ab"}
     assert (by["ab"]["served"], by["ab"]["errors"], by["ab"]["labelled"]) == (20, 1, 18)
     assert (by["stacking"]["served"], by["stacking"]["correct"]) == (5, 4)
     assert (by["bagging"]["served"], by["bagging"]["correct"]) == (1, 0)
@@ -156,26 +167,27 @@ def test_stats_totals_by_requested_strategy(client, admin_headers, known_records
     assert sum(s["served"] + s["errors"] for s in by.values()) == body["total_predictions"]
 
 
-def test_admin_page_shows_the_same_numbers(client, admin_headers, known_records):
-    html = client.get("/admin?mde=0.05", headers=admin_headers).get_data(as_text=True)
+def test_admin_pages_show_the_same_numbers(client, admin_headers, known_records):
+    html = client.get(AB_PAGE + "?mde=0.05", headers=admin_headers).get_data(as_text=True)
     assert "70.0%" in html and "87.5%" in html  # accuracies
     assert "39.7% – 89.2%" in html  # bagging's Wilson interval
     assert "65.0 ms" in html and "114.5 ms" in html  # bagging latency p50 / p95
     assert "17.50%" in html  # the difference
     assert "0.375" in html  # p-value
     assert "OK" in html  # SRM
-    assert "<polyline" in html and 'class="series bagging"' in html  # accuracy chart
-    assert "Bagging: 100.0% after 1 label</title>" in html
-    assert "Bagging: 70.0% after 10 labels</title>" in html
-    assert html.count("<tr>") >= 27  # recent predictions
-    assert "<td class=\"num\">120.0 ms</td>" in html  # a recent prediction's latency
-    assert "<td><code>test</code></td>" in html  # and its model version
-    assert "80.0%" in html  # stacking's direct accuracy (4/5)
+    assert "<polyline" in html and 'class="series s0"' in html  # accuracy chart
+    assert "bagging: 100.0% after 1 label</title>" in html
+    assert "bagging: 70.0% after 10 labels</title>" in html
+    overview = client.get("/admin", headers=admin_headers).get_data(as_text=True)
+    assert overview.count("<tr>") >= 27  # recent predictions
+    assert "<td class=\"num\">120.0 ms</td>" in overview  # a recent prediction's latency
+    assert "<td><code>test</code></td>" in overview  # and its model version
+    assert "80.0%" in overview  # stacking's direct accuracy (4/5)
 
 
 @pytest.mark.parametrize("mde", ["abc", "0", "-0.1", "0.9", "nan", "inf"])
 def test_bad_mde_is_refused(client, admin_headers, mde):
-    page = client.get(f"/admin?mde={mde}", headers=admin_headers)
+    page = client.get(f"{AB_PAGE}?mde={mde}", headers=admin_headers)
     assert page.status_code == 400
     assert re.search(r'class="field-error">[^<]+', page.get_data(as_text=True))
     api = client.get(f"/api/v1/experiments/ab/results?mde={mde}", headers=admin_headers)
@@ -206,7 +218,7 @@ def test_p_value_is_null_while_an_arm_has_no_labels(app, client, admin_headers):
     # .24) + 0.84162 * sqrt(.1875 + .1771))^2 / .02^2 = (1.18379 + 0.50819)^2 / .0004 = 7156.9993
     # -> 7157 per arm, minus the 0 labels of the smaller arm.
     assert body["samples_needed_per_arm"] == 7157
-    html = client.get("/admin", headers=admin_headers).get_data(as_text=True)
+    html = client.get(AB_PAGE, headers=admin_headers).get_data(as_text=True)
     assert "no data" in html and "7157" in html
 
 
@@ -227,11 +239,10 @@ def test_srm_checks_served_counts_against_ab_split(make_app, admin_headers, spli
 
 
 def test_accuracy_over_time_is_cumulative_per_arm(app, known_records):
-    from views.reports import accuracy_series
-
+    reports = app.extensions["chorus"].reports
     with app.app_context():
-        series = accuracy_series()
-        sampled = accuracy_series(max_points=4)
+        series = reports.accuracy_series("ab")
+        sampled = reports.accuracy_series("ab", max_points=4)
     assert set(series) == {"bagging", "boosting"}  # direct traffic stays out
     # Bagging's labels in time order: 7 right then 3 wrong.
     assert [round(v, 4) for _, v, _ in series["bagging"]] == [1.0] * 7 + [0.875, 0.7778, 0.7]
@@ -244,7 +255,7 @@ def test_accuracy_over_time_is_cumulative_per_arm(app, known_records):
 
 def test_admin_page_writes_negative_percentages_with_a_minus_sign(client, admin_headers,
                                                                   known_records):
-    html = client.get("/admin", headers=admin_headers).get_data(as_text=True)
+    html = client.get(AB_PAGE, headers=admin_headers).get_data(as_text=True)
     ci = re.search(r"\(95% CI (\S+%) to (\S+%)\)", html)
     assert ci is not None and ci.group(1).startswith("\u2212")  # the difference's CI crosses 0
     assert "-" not in ci.group(0)
@@ -272,7 +283,7 @@ def test_num_uses_the_same_minus_sign(value, text):
 
 def test_admin_chart_labels_the_top_of_its_axis(client, admin_headers, known_records):
     """Accuracies from 70 % to 100 %: seven 5 % steps, every second one labelled."""
-    html = client.get("/admin", headers=admin_headers).get_data(as_text=True)
+    html = client.get(AB_PAGE, headers=admin_headers).get_data(as_text=True)
     ticks = re.findall(r'<text class="tick" x="\d+" y="([\d.]+)" text-anchor="end"[^>]*>(\d+%)<',
                        html)
     assert ticks[-1][1] == "100%" and ticks[0][1].endswith("0%")

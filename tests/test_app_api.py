@@ -8,8 +8,8 @@ from ensembles.bundle import STRATEGIES
 
 #: DESIGN.md's answer of POST /api/v1/predict, in its order.
 CONTRACT_KEYS = (
-    "prediction_id strategy arm label class_index confidence probabilities members fallback "
-    "degraded model_version latency_ms"
+    "prediction_id strategy experiment arm label class_index confidence probabilities members "
+    "fallback degraded model_version latency_ms"
 ).split()
 MEMBER_KEYS = {"name", "label", "class_index", "confidence", "weight"}
 
@@ -27,6 +27,7 @@ def test_predict_answers_the_contract(client, upload, app_bundle, strategy):
     assert list(body) == CONTRACT_KEYS
     assert isinstance(body["prediction_id"], str) and len(body["prediction_id"]) == 32
     assert body["strategy"] == strategy
+    assert body["experiment"] == ("ab" if strategy == "ab" else None)
     assert body["arm"] == strategy if strategy != "ab" else body["arm"] in ("bagging", "boosting")
     assert body["arm"] in STRATEGIES
     assert list(body["probabilities"]) == list(app_bundle.classes)
@@ -221,11 +222,11 @@ def test_database_outage_is_a_503_not_a_500(client, upload, monkeypatch):
     assert "INSERT" not in error
 
 
-def test_unexpected_error_is_json_500_without_details(client, upload, monkeypatch):
+def test_unexpected_error_is_json_500_without_details(app, client, upload, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr("views.service.to_uint8_canvas", explode)
+    monkeypatch.setattr(app.extensions["chorus"].prediction, "preprocess", explode)
     response = predict(client, upload)
     assert response.status_code == 500
     error = response.get_json()["error"]

@@ -209,8 +209,8 @@ def test_the_routes_are_the_designed_ones(app):
         for rule in app.url_map.iter_rules()
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
-    pages = {(f"/{name}", m) for name in ("bagging", "boosting", "stacking", "ab")
-             for m in ("GET", "POST")}
+    names = [*app.extensions["chorus"].models.bundle.ensembles, "ab"]
+    pages = {(f"/{name}", m) for name in names for m in ("GET", "POST")}
     assert routes == pages | {
         ("/", "GET"),
         ("/predict", "GET"),
@@ -219,9 +219,24 @@ def test_the_routes_are_the_designed_ones(app):
         ("/predictions/<prediction_id>/feedback", "POST"),
         ("/api/v1/predict", "POST"),
         ("/api/v1/predictions/<prediction_id>/feedback", "POST"),
-        ("/api/v1/experiments/ab/results", "GET"),
+        ("/api/v1/inference/ensemble", "GET"),
+        ("/api/v1/inference/ensemble", "POST"),
+        ("/api/v1/inference/ensemble/<name>", "GET"),
+        ("/api/v1/inference/ensemble/<name>", "DELETE"),
+        ("/api/v1/experiments", "GET"),
+        ("/api/v1/experiments/<name>", "GET"),
+        ("/api/v1/experiments/<name>", "PATCH"),
+        ("/api/v1/experiments/<name>/promote", "POST"),
+        ("/api/v1/experiments/<name>/rollback", "POST"),
+        ("/api/v1/experiments/<name>/stop", "POST"),
+        ("/api/v1/experiments/<name>/results", "GET"),
+        ("/api/v1/experiments/<name>/report", "GET"),
         ("/api/v1/stats", "GET"),
         ("/admin", "GET"),
+        ("/admin/experiments", "GET"),
+        ("/admin/experiments", "POST"),
+        ("/admin/experiments/<name>", "GET"),
+        ("/admin/experiments/<name>/<verb>", "POST"),
         ("/healthz", "GET"),
         ("/readyz", "GET"),
         ("/static/<path:filename>", "GET"),

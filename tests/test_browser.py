@@ -4,8 +4,11 @@ The test client cannot tell whether the file input, the radio buttons, the CSRF 
 stylesheet, the CSP and the gallery buttons work together; a person clicking can. Every request
 that leaves 127.0.0.1 is blocked and reported, so the pages are also proven to work offline.
 
+The admin console is driven the same way: an experiment is created in its form, traffic is sent
+through the live server's JSON API, and the weights are changed in the console while it runs.
+
 Set ``CHORUS_SCREENSHOTS=docs`` to also write the README screenshots (a stacking result and the
-admin page after some simulated A/B traffic) into that folder.
+``ab`` experiment page after some simulated A/B traffic) into that folder.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from playwright.sync_api import (
+    APIRequestContext,
     Browser,
     ConsoleMessage,
     Locator,
@@ -52,12 +58,20 @@ MODES = [
     ("Bagging", "bagging", "yes"),
     ("Boosting", "boosting", "no"),
     ("Stacking", "stacking", "yes"),
+    ("Cascade", "cascade", "no"),
     ("A/B Test (Random)", "ab", "no"),
 ]
+#: The home page's choices on a fresh database: every built-in, in catalogue order.
+BUILTIN_CHOICES = [title for title, _, _ in MODES]
 ARM_TITLES = {"Bagging": "bagging", "Boosting": "boosting"}
-#: Headings of the admin page's two summary tables.
-AB_TABLE = "A/B test: Bagging vs Boosting"
-DIRECT_TABLE = "Direct traffic (not in the experiment)"
+#: Headings of the overview's per-strategy table and an experiment page's per-arm table.
+TRAFFIC_TABLE = "Traffic by requested strategy"
+ARMS_TABLE = "Arms"
+#: The experiment the console test creates, and its title on the home page.
+FLIP = "weights-flip"
+FLIP_TITLE = "Weights flip"
+#: Experiments whose answer says which arm served.
+EXPERIMENTS = {"ab", FLIP}
 
 
 @dataclass
@@ -82,6 +96,13 @@ class Session:
         assert self.offsite == [], f"requests outside the app: {self.offsite}"
         assert self.failed_assets == [], f"assets that failed to load: {self.failed_assets}"
         assert self.console_errors == [], f"browser console errors: {self.console_errors}"
+
+
+@pytest.fixture
+def app_bundle(shipped_bundle: EnsembleBundle) -> EnsembleBundle:
+    """The committed artifact, not the fake bank: this is the site as shipped (and the README
+    screenshots must show its real version and confidences)."""
+    return shipped_bundle
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +195,56 @@ def summary_table(page: Page, heading: str) -> dict[str, dict[str, str]]:
     return rows
 
 
+def shares_served(page: Page) -> dict[str, str]:
+    """An experiment page's ``table#shares`` as {arm: share served, as the page prints it}."""
+    cells = page.locator("table#shares td[data-arm]")
+    return {cell.get_attribute("data-arm"): cell.text_content().strip() for cell in cells.all()}
+
+
+def history(page: Page) -> list[dict[str, str]]:
+    """An experiment page's ``table#events`` as one {column title: cell text} per event."""
+    table = page.locator("table#events")
+    expect(table).to_be_visible()
+    columns = [text.strip() for text in table.locator("thead th").all_text_contents()]
+    return [
+        dict(zip(columns, [t.strip() for t in row.locator("td").all_text_contents()], strict=True))
+        for row in table.locator("tbody tr").all()
+    ]
+
+
+def pct(share: float) -> str:
+    """A share as the console prints it (one decimal)."""
+    return f"{share * 100:.1f}%"
+
+
+def api_predict(
+    request: APIRequestContext, image: bytes, strategy: str, client_id: str
+) -> dict[str, Any]:
+    """One prediction through the live server's JSON API, as an outside client sends it."""
+    answer = request.post(
+        "/api/v1/predict",
+        multipart={
+            "image": {"name": "trousers.png", "mimeType": "image/png", "buffer": image},
+            "strategy": strategy,
+            "client_id": client_id,
+        },
+    )
+    assert answer.status == 200, answer.text()
+    return answer.json()
+
+
+def api_results(request: APIRequestContext, name: str, headers: dict[str, str]) -> dict[str, Any]:
+    """``GET /api/v1/experiments/<name>/results`` with the admin's Basic auth."""
+    answer = request.get(f"/api/v1/experiments/{name}/results", headers=headers)
+    assert answer.status == 200, answer.text()
+    return answer.json()
+
+
+def served_counts(results: dict[str, Any]) -> dict[str, int]:
+    """{arm: served} from a results body."""
+    return {arm: numbers["served"] for arm, numbers in results["arms"].items()}
+
+
 def check_result(page: Page, bundle: EnsembleBundle, title: str, strategy: str) -> dict[str, str]:
     """Check everything a result page must show; return its prediction id, label and arm."""
     head = page.locator(".result-head")
@@ -193,18 +264,27 @@ def check_result(page: Page, bundle: EnsembleBundle, title: str, strategy: str) 
     expect(head.locator(".confidence")).to_have_text(f"{confidence} confident")
 
     arm = strategy
-    if strategy == "ab":
+    if strategy in EXPERIMENTS:
         served_by = re.search(r"served by (\w+)", head.locator(".eyebrow").text_content())
-        assert served_by, "the A/B result must say which arm served"
+        assert served_by, "an experiment's result must say which arm served"
         arm = ARM_TITLES[served_by.group(1)]
-        expect(page.locator("p.note")).to_contain_text(f"served by {served_by.group(1)}")
+        note = page.locator("p.note").filter(has_text=f"Experiment {title}")
+        expect(note).to_contain_text(f"served by {served_by.group(1)}")
     if strategy == "stacking":  # the real meta-model answers; the fallback is tested elsewhere
         n = len(bundle.ensembles["stacking"].member_names_)
         expect(page.get_by_text(f"The meta-model combined all {n} members")).to_be_visible()
+    members = bundle.ensembles[arm].member_names_
+    if strategy == "cascade":  # it says how far down its list of models it went; those voted
+        note = page.locator("p.note").filter(has_text="The cascade stopped")
+        pattern = re.compile(rf"The cascade stopped after (\d+) of its {len(members)} models\.")
+        expect(note).to_have_text(pattern)
+        used = int(pattern.fullmatch(note.text_content().strip()).group(1))
+        assert 1 <= used <= len(members)
+        members = members[:used]
 
     votes = card(page, "Members' votes").locator("tbody tr")
     names = [text.strip() for text in votes.locator("td:nth-child(1)").all_text_contents()]
-    assert names == bundle.ensembles[arm].member_names_
+    assert names == members
     for vote in votes.locator("td:nth-child(2)").all_text_contents():
         assert vote.strip() in bundle.classes
 
@@ -236,22 +316,27 @@ def give_feedback(page: Page, result: dict[str, str], answer: str, classes: list
     return truth == result["label"]
 
 
-def test_four_modes_gallery_feedback_and_admin(
+def test_every_mode_gallery_feedback_and_admin(
     open_session: Callable[..., Session],
     live_server: LiveServer,
     app_bundle: EnsembleBundle,
     image_png: bytes,
     admin_credentials: dict[str, str],
+    admin_headers: dict[str, str],
 ) -> None:
-    """A person's whole visit: four uploads with feedback, one sample, then the admin numbers."""
+    """A person's whole visit: an upload per mode with feedback, one sample, then the admin."""
     visitor = open_session()
     page = visitor.page
     classes = list(app_bundle.classes)
-    expected: Counter[tuple[str, str, str]] = Counter()  # (table, column, row) -> count
+    traffic: Counter[tuple[str, str]] = Counter()  # (row, requested strategy) -> count
+    ab_arms: Counter[tuple[str, str]] = Counter()  # (row, arm of ab) -> count
 
     for title, strategy, answer in MODES:
-        page.goto("/")
+        response = page.goto("/")
+        assert response is not None
+        assert response.headers["content-security-policy"].startswith("default-src 'self'")
         expect(page.locator("body")).to_have_css("background-color", "rgb(246, 247, 251)")
+        expect(page.locator(".choice .choice-title")).to_have_text(BUILTIN_CHOICES)
         choice(page, title).check()
         page.get_by_label("Photo of one clothing item").set_input_files(
             {"name": "trousers.png", "mimeType": "image/png", "buffer": image_png}
@@ -261,10 +346,11 @@ def test_four_modes_gallery_feedback_and_admin(
         if strategy == "stacking" and SCREENSHOT_DIR:
             page.screenshot(path=Path(SCREENSHOT_DIR) / "screenshot-result.png", full_page=True)
         right = give_feedback(page, result, answer, classes)
-        table = AB_TABLE if strategy == "ab" else DIRECT_TABLE
-        column = result["arm"].capitalize()
-        expected.update({(table, column, "Served"): 1, (table, column, "Labelled"): 1})
-        expected[(table, column, "Correct")] += right
+        traffic.update({("Served", strategy): 1, ("Labelled", strategy): 1})
+        traffic[("Correct", strategy)] += right
+        if strategy == "ab":
+            ab_arms.update({("Served", result["arm"]): 1, ("Labelled", result["arm"]): 1})
+            ab_arms[("Correct", result["arm"])] += right
 
     page.goto("/")
     sample = page.locator("button.sample").first
@@ -275,24 +361,180 @@ def test_four_modes_gallery_feedback_and_admin(
         f"This test image is labelled {sample_label}: the prediction is"
     )
     check_result(page, app_bundle, "Bagging", "bagging")
-    expected[(DIRECT_TABLE, "Bagging", "Served")] += 1
+    traffic[("Served", "bagging")] += 1
     visitor.assert_clean()
 
+    # The overview: traffic per requested strategy, the experiments, the latest predictions.
     admin = open_session(http_credentials=admin_credentials)
     response = admin.page.goto("/admin")
     assert response is not None and response.status == 200
-    for (table, column, row), count in expected.items():
-        assert summary_table(admin.page, table)[row][column] == str(count), (table, column, row)
-    ab_served = summary_table(admin.page, AB_TABLE)["Served"]
-    assert sum(int(n) for n in ab_served.values()) == 1
+    by_strategy = summary_table(admin.page, TRAFFIC_TABLE)
+    assert list(by_strategy["Served"]) == [strategy for _, strategy, _ in MODES]
+    for row, numbers in by_strategy.items():
+        if row in ("Served", "Labelled", "Correct"):
+            for strategy, cell in numbers.items():
+                assert cell == str(traffic[(row, strategy)]), (row, strategy)
+    expect(admin.page.get_by_text(f"{len(MODES) + 1} prediction requests in all")).to_be_visible()
     expect(card(admin.page, "Recent predictions").locator("tbody tr")).to_have_count(len(MODES) + 1)
+    card(admin.page, "Experiments").get_by_role("link", name="ab", exact=True).click()
+
+    # The built-in A/B experiment's page: the one A/B visit, by the arm that served it.
+    expect(admin.page).to_have_url(re.compile(r"/admin/experiments/ab$"))
+    expect(admin.page.locator("#experiment-status")).to_have_text("running")
+    arms = summary_table(admin.page, ARMS_TABLE)
+    assert list(arms["Served"]) == ["bagging", "boosting"]
+    for row in ("Served", "Labelled", "Correct"):
+        assert arms[row] == {arm: str(ab_arms[(row, arm)]) for arm in arms[row]}, row
+    served_arm = next(arm for (row, arm) in ab_arms if row == "Served")
+    assert shares_served(admin.page) == {
+        arm: "100.0%" if arm == served_arm else "0.0%" for arm in ("bagging", "boosting")
+    }
+
+    # More A/B traffic with feedback (half right), so both arms have numbers to compare.
+    request = admin.page.request
+    for i in range(24):
+        body = api_predict(request, image_png, "ab", f"ab-client-{i}")
+        assert body["experiment"] == "ab" and body["arm"] in ("bagging", "boosting")
+        truth = body["label"] if i % 2 else next(c for c in classes if c != body["label"])
+        answer = request.post(
+            f"/api/v1/predictions/{body['prediction_id']}/feedback", data={"label": truth}
+        )
+        assert answer.status == 200 and answer.json() == {"correct": truth == body["label"]}
+    results = api_results(request, "ab", admin_headers)
+    served = served_counts(results)
+    assert sum(served.values()) == 25 and min(served.values()) > 0, served
+    assert {"difference", "p_value", "prob_boosting_better"} <= set(results)  # first release's
+    admin.page.reload()
+    assert summary_table(admin.page, ARMS_TABLE)["Served"] == {
+        arm: str(n) for arm, n in served.items()
+    }
+    assert shares_served(admin.page) == {
+        arm: pct(numbers["share"]) for arm, numbers in results["arms"].items()
+    }
+    comparison = card(admin.page, "Against the control (bagging)").locator("tbody tr")
+    expect(comparison).to_have_count(1)
+    expect(comparison.locator("td").first).to_have_text("boosting")
+    expect(comparison).to_contain_text(re.compile(r"\(95% CI [−-]?\d+\.\d\d% to [−-]?\d+\.\d\d%\)"))
+    expect(card(admin.page, "How much more data?")).to_contain_text(
+        re.compile(r"more labelled predictions per arm are\s+needed|have enough labelled")
+    )
+    expect(admin.page.locator("svg.chart")).to_be_visible()  # the accuracy chart has data
     admin.assert_clean()
 
-    if SCREENSHOT_DIR:  # some A/B traffic with feedback, so the chart and tests have data
+    if SCREENSHOT_DIR:  # more A/B traffic with feedback, so the chart and tests have data
         outcome = live_server.app.test_cli_runner().invoke(args=["simulate", "--n", "150"])
         assert outcome.exit_code == 0, outcome.output
         admin.page.reload()
         admin.page.screenshot(path=Path(SCREENSHOT_DIR) / "screenshot-admin.png", full_page=True)
+
+
+def test_the_console_creates_an_experiment_and_its_weights_change_live(
+    open_session: Callable[..., Session],
+    app_bundle: EnsembleBundle,
+    image_png: bytes,
+    admin_credentials: dict[str, str],
+    admin_headers: dict[str, str],
+) -> None:
+    """Create a weighted experiment in the console, send traffic, flip its weights in the
+    console, and see the new traffic follow: in the results API, the shares and the history."""
+    admin = open_session(http_credentials=admin_credentials)
+    page, request = admin.page, admin.page.request
+    page.goto("/admin/experiments")
+    form = page.locator("section#create")
+
+    # A body the API refuses comes back as the same form, with the reason and the input kept.
+    page.locator("#exp-name").fill(FLIP)
+    page.locator("#exp-strategy").select_option("weighted")
+    page.locator("#exp-models").fill("bagging = 1\nnope = 1")
+    with page.expect_response(lambda r: r.request.method == "POST") as refused:
+        form.get_by_role("button", name="Create experiment").click()
+    assert refused.value.status == 400
+    expect(page).to_have_url(re.compile(r"/admin/experiments$"))
+    expect(form.get_by_role("alert")).to_contain_text("nope")
+    expect(page.locator("#exp-name")).to_have_value(FLIP)
+    expect(page.locator("#exp-strategy")).to_have_value("weighted")
+    expect(page.locator("#exp-models")).to_have_value("bagging = 1\nnope = 1")
+    expect(page.get_by_role("link", name=FLIP, exact=True)).to_have_count(0)
+    # The console's forms carry a CSRF token because they must: the same post without one fails.
+    forged = request.post(
+        "/admin/experiments",
+        form={"name": FLIP, "strategy": "weighted", "models": "bagging = 1\nboosting = 0"},
+        headers=admin_headers,
+    )
+    assert forged.status == 400 and "CSRF token is missing" in forged.text()
+
+    # All traffic to bagging.
+    page.locator("#exp-models").fill("bagging = 1\nboosting = 0")
+    with page.expect_response(lambda r: r.request.method == "POST") as created:
+        form.get_by_role("button", name="Create experiment").click()
+    assert created.value.status == 303
+    expect(page).to_have_url(re.compile(f"/admin/experiments/{FLIP}$"))
+    expect(page.get_by_role("status")).to_have_text(f"Created experiment {FLIP}.")
+    expect(page.locator("#experiment-status")).to_have_text("running")
+    expect(page.locator("#weight-bagging")).to_have_value("1")
+    expect(page.locator("#weight-boosting")).to_have_value("0")
+    assert shares_served(page) == {"bagging": "—", "boosting": "—"}  # no traffic yet
+    change = page.locator("section#change")
+    for button in ("Set weights", "Pause", "Roll back to control", "Stop", "Promote"):
+        expect(change.get_by_role("button", name=button, exact=True)).to_be_visible()
+    expect(change.get_by_label("Promote")).to_have_value("bagging")
+
+    # A person finds it on the home page; everyone else comes through the API.
+    page.goto("/")
+    expect(page.locator(".choice .choice-title")).to_have_text([*BUILTIN_CHOICES, FLIP_TITLE])
+    choice(page, FLIP_TITLE).check()
+    page.get_by_label("Photo of one clothing item").set_input_files(
+        {"name": "trousers.png", "mimeType": "image/png", "buffer": image_png}
+    )
+    page.get_by_role("button", name="Classify").click()
+    assert check_result(page, app_bundle, FLIP_TITLE, FLIP)["arm"] == "bagging"
+    before = Counter(
+        api_predict(request, image_png, FLIP, f"client-{i}")["arm"] for i in range(59)
+    )
+    assert before == {"bagging": 59}
+    assert served_counts(api_results(request, FLIP, admin_headers)) == {
+        "bagging": 60, "boosting": 0
+    }
+    page.goto(f"/admin/experiments/{FLIP}")
+    assert shares_served(page) == {"bagging": "100.0%", "boosting": "0.0%"}
+    assert summary_table(page, ARMS_TABLE)["Served"] == {"bagging": "60", "boosting": "0"}
+
+    # Flip the weights in the console: all new traffic to boosting.
+    page.locator("#weight-bagging").fill("0")
+    page.locator("#weight-boosting").fill("1")
+    with page.expect_response(lambda r: r.request.method == "POST") as changed:
+        page.locator("#weights-form").get_by_role("button", name="Set weights").click()
+    changed_at = time.monotonic()
+    assert changed.value.status == 303
+    expect(page).to_have_url(re.compile(f"/admin/experiments/{FLIP}$"))
+    expect(page.get_by_role("status")).to_contain_text(f"Experiment {FLIP}: weights done")
+    expect(page.locator("#weight-bagging")).to_have_value("0")
+    expect(page.locator("#weight-boosting")).to_have_value("1")
+    # Workers re-read definitions within a second; this single process sees it at once anyway.
+    time.sleep(max(0.0, 1.1 - (time.monotonic() - changed_at)))
+
+    # Returning clients (sticky until now on bagging) and new ones alike go to boosting.
+    clients = [f"client-{i}" for i in range(20)] + [f"client-{i}" for i in range(100, 120)]
+    after = Counter(api_predict(request, image_png, FLIP, c)["arm"] for c in clients)
+    assert after == {"boosting": 40}
+    results = api_results(request, FLIP, admin_headers)
+    assert served_counts(results) == {"bagging": 60, "boosting": 40}
+    page.reload()
+    assert shares_served(page) == {"bagging": "60.0%", "boosting": "40.0%"}
+    assert summary_table(page, ARMS_TABLE)["Served"] == {"bagging": "60", "boosting": "40"}
+
+    # The history says who changed what.
+    events = history(page)
+    assert [(e["What"], e["Who"]) for e in events] == [
+        ("weights changed", "admin"),  # newest first
+        ("created", "admin"),
+    ]
+    assert events[0]["Change"] == "weights: bagging=1, boosting=0 → bagging=0, boosting=1"
+    assert [(e["kind"], e["actor"]) for e in results["events"]] == [
+        ("weights_changed", "admin"),
+        ("created", "admin"),
+    ]
+    admin.assert_clean()
 
 
 def test_a_text_file_named_png_is_refused_on_the_form(

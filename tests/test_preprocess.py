@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from models.data import MEAN, STD, DatasetNotFoundError, find_fashion_mnist, read_idx
+from models.data import DatasetNotFoundError, find_fashion_mnist, read_idx
 from models.preprocess import (
     SUPPORTED_FORMATS,
     BlankImageError,
@@ -25,6 +25,7 @@ from models.preprocess import (
     preprocess,
     to_uint8_canvas,
 )
+from models.tensor import MEAN, STD
 
 ITEM, BACKGROUND = 30, 235  # dark item on a light background, as a product photo
 

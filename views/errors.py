@@ -1,7 +1,9 @@
-"""Error handlers: JSON ``{"error": ...}`` under /api/, a page in the site layout elsewhere.
+"""Error handlers: JSON ``{"error": ...}`` under /api/ and /v2/, a page elsewhere.
 
-Every message says what was wrong and what to do. A refused upload re-renders the form it came
-from (with the right status) instead of a bare error page.
+``STATUS`` is the one table from domain errors (serving, experiments, store, preprocessing,
+ensembles) to HTTP statuses; views raise or let propagate, never pick codes themselves. Every
+message says what was wrong and what to do. A refused upload re-renders the form it came from
+(with the right status) instead of a bare error page.
 """
 
 from __future__ import annotations
@@ -26,17 +28,55 @@ from werkzeug.exceptions import (
     InternalServerError,
     MethodNotAllowed,
     ServiceUnavailable,
+    default_exceptions,
 )
 
-from views.predict import UPLOAD_PAGES
+from ensembles.base import EnsembleError
+from experiments.spec import SpecError
+from models.preprocess import PreprocessError
+from serving.errors import Conflict, InvalidRequest, NotFound, ServingError, Unavailable
+from store.errors import ConcurrentChangeError, DefinitionNotFound, NameTakenError, StoreError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("errors", __name__)
 
+#: Domain error -> HTTP status; the first matching class (in order) wins.
+STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (InvalidRequest, 400),
+    (SpecError, 400),
+    (NotFound, 404),
+    (DefinitionNotFound, 404),
+    (Conflict, 409),
+    (NameTakenError, 409),
+    (ConcurrentChangeError, 409),
+    (Unavailable, 503),
+    (EnsembleError, 503),
+)
+DOMAIN_ERRORS = (ServingError, SpecError, StoreError, PreprocessError, EnsembleError)
+
+
+def status_of(exc: Exception) -> int:
+    """The HTTP status of a domain error (a bad upload carries its own: 400, 413, 415)."""
+    if isinstance(exc, PreprocessError):
+        return exc.status_code
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def message_of(exc: Exception) -> str:
+    """The client-facing message; a field error names the field first."""
+    text = str(exc)
+    field = getattr(exc, "field", None)
+    if isinstance(exc, SpecError) and field and field not in text:
+        return f"{field}: {text}"
+    return text
+
 
 def wants_json() -> bool:
     """API clients get JSON; people get pages."""
-    return request.path.startswith("/api/")
+    return request.path.startswith(("/api/", "/v2/"))
 
 
 def message_for(exc: HTTPException) -> str:
@@ -54,9 +94,9 @@ def message_for(exc: HTTPException) -> str:
     if code == 404:
         if wants_json():
             return (
-                f"There is no API endpoint at {request.path}. The endpoints are POST "
-                "/api/v1/predict, POST /api/v1/predictions/<id>/feedback, GET "
-                "/api/v1/experiments/ab/results and GET /api/v1/stats."
+                f"There is no API endpoint at {request.path}. See the README's API section: "
+                "POST /api/v1/predict, POST /api/v1/predictions/<id>/feedback, "
+                "/api/v1/inference/ensemble, /api/v1/experiments, GET /api/v1/stats."
             )
         return "There is no page at this address. Check the link, or start from the home page."
     if isinstance(exc, MethodNotAllowed):
@@ -78,9 +118,12 @@ def message_for(exc: HTTPException) -> str:
 
 def _page(exc: HTTPException, message: str) -> Response:
     """Re-render the upload form a refused POST came from, or the generic error page."""
-    renderer = UPLOAD_PAGES.get(request.endpoint or "")
-    if renderer is not None and request.method == "POST" and exc.code in (400, 413):
-        return make_response(renderer(None, exc.code, message))
+    from views.pages import render_refused
+
+    if exc.code in (400, 413):
+        refused = render_refused(exc.code or 400, message)
+        if refused is not None:
+            return make_response(refused)
     html = render_template("errors/error.html", code=exc.code, title=exc.name, message=message)
     return make_response(html, exc.code)
 
@@ -95,6 +138,19 @@ def http_error(exc: HTTPException) -> Response:
         if key.lower() != "content-type":
             response.headers[key] = value
     return response
+
+
+@bp.app_errorhandler(ServingError)
+@bp.app_errorhandler(SpecError)
+@bp.app_errorhandler(StoreError)
+@bp.app_errorhandler(PreprocessError)
+@bp.app_errorhandler(EnsembleError)
+def domain_error(exc: Exception) -> Response:
+    """A domain error that reached the top: its status from ``STATUS``, its own message."""
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.path, exc)
+    return http_error(default_exceptions.get(status, InternalServerError)(message_of(exc)))
 
 
 @bp.app_errorhandler(OperationalError)

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 import store
-from views.service import loaded_models
+from views.context import services
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -23,7 +23,7 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
     """200 when the models are loaded and the database answers ``SELECT 1``, else 503."""
-    models = loaded_models()
+    models = services().models
     if models.bundle is None:
         return jsonify(status="not ready", error=f"no model loaded: {models.error}"), 503
     try:

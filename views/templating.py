@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Flask
+from flask import Flask, url_for
 
-from views.service import loaded_models
+from views.context import services
 
 MINUS = "\u2212"  # the minus sign, as in the headings ("Boosting − Bagging"), not a hyphen
 
@@ -41,13 +41,32 @@ def pvalue(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def when(value: datetime | None) -> str:
+def when(value: datetime | str | None) -> str:
+    """One date format on every page; ISO 8601 text (from the JSON reports) is parsed first."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _navigation() -> list[dict[str, str]]:
+    """The header links: every built-in strategy page from the catalogue, then Admin."""
+    try:
+        pages = services().catalogue().pages
+    except Exception:  # an error page must render even when the store is down
+        pages = ()
+    links = [{"url": url_for("pages.strategy", name=p.name), "label": p.title} for p in pages]
+    return links + [{"url": url_for("admin.index"), "label": "Admin"}]
+
+
 def _globals() -> dict[str, Any]:
-    bundle = loaded_models().bundle
-    return {"model_version": bundle.version if bundle is not None else None}
+    bundle = services().models.bundle
+    return {
+        "model_version": bundle.version if bundle is not None else None,
+        "navigation": _navigation(),
+    }
 
 
 def init_app(app: Flask) -> None:

@@ -1,4 +1,6 @@
-"""Fixtures for the ML core: one tiny end-to-end training run shared by the whole session."""
+"""Fixtures for the ML core: one tiny end-to-end training run shared by the whole session, and
+one refit (``--members-from``) of it, so the cascade, the blend arrays and the refit mode all run
+through the real CLI code path in seconds."""
 
 from __future__ import annotations
 
@@ -37,6 +39,23 @@ TINY_ARGS = [
 ]
 
 
+#: A refit of the tiny artifact: same data options, members from "tiny", nothing trained.
+REFIT_ARGS = [
+    "--subset",
+    "1000",
+    "--test-subset",
+    "300",
+    "--photo-size",
+    "40",
+    "--device",
+    "cpu",
+    "--members-from",
+    "tiny",
+    "--version",
+    "tiny-refit",
+]
+
+
 @pytest.fixture(scope="session")
 def fmnist() -> Dataset:
     return load_fashion_mnist()
@@ -47,6 +66,22 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Artifact root holding one version trained by the real CLI code path on 1,000 images."""
     root = tmp_path_factory.mktemp("artifacts")
     train(parse_args(TINY_ARGS + ["--out", str(root)]))
+    return root
+
+
+@pytest.fixture
+def refit_args() -> list[str]:
+    """The CLI options of the tiny refit (without ``--artifacts``), for tests that vary it."""
+    return list(REFIT_ARGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_refit_root(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root holding "tiny" and "tiny-refit", made by ``--members-from tiny`` (a copy of the
+    tiny root, so tests that count versions in ``tiny_root`` are unaffected)."""
+    root = tmp_path_factory.mktemp("refit") / "artifacts"
+    shutil.copytree(tiny_root, root)
+    train(parse_args(REFIT_ARGS + ["--artifacts", str(root)]))
     return root
 
 

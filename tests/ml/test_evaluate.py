@@ -32,7 +32,7 @@ def test_shared_checkpoints_run_once_and_impostors_run_their_own(bundle, images,
         {k: v + 0.05 if v.is_floating_point() else v for k, v in sd.items()}
         for sd in bagging.members_
     ]
-    impostor = Bagging(len(shifted), factory=bagging.factory, classes=bagging.classes)
+    impostor = Bagging(len(shifted), cnn=bagging.cnn, classes=bagging.classes)
     impostor.set_members(shifted, bagging.member_names_)
     impostor.strategy = "impostor"
     calls = _count_forwards(monkeypatch)
@@ -55,8 +55,8 @@ def test_scoring_survives_a_member_that_raises(bundle, images, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("member crashed")
 
-    monkeypatch.setattr(type(stacking.bank), "forward", fail)  # the batched path fails first
-    monkeypatch.setattr(stacking._member_modules()[0], "forward", fail)
+    monkeypatch.setattr(type(stacking.bank.fused), "forward", fail)  # the batched path fails first
+    monkeypatch.setattr(stacking.bank._member_modules()[0], "forward", fail)
     report = evaluate_ensembles({"stacking": stacking}, *images)
     assert victim not in report["members"]
     assert len(report["members"]) == len(stacking.member_names_) - 1

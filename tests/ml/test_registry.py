@@ -5,7 +5,9 @@ import json
 import pytest
 
 from ensembles.bundle import load_bundle
+from models.manifest import Manifest, ManifestError
 from models.registry import (
+    BLEND_FILE,
     MANIFEST,
     MEMBERS_FILE,
     ArtifactError,
@@ -19,7 +21,7 @@ from models.registry import (
 def test_manifest_records_every_file_sha256(tiny_root):
     path = tiny_root / "tiny"
     manifest = json.loads((path / MANIFEST).read_text())
-    assert set(manifest["files"]) == {"members.safetensors", "meta.safetensors"}
+    assert set(manifest["files"]) == {"members.safetensors", "meta.safetensors", BLEND_FILE}
     for name, digest in manifest["files"].items():
         assert sha256_file(path / name) == digest
 
@@ -65,3 +67,43 @@ def test_newest_version_is_the_default(tiny_copy):
 def test_empty_root_says_to_train(tmp_path):
     with pytest.raises(ArtifactError, match="make train"):
         load_artifact(root=tmp_path)
+
+
+def test_manifest_parses_into_dataclasses(tiny_root):
+    raw = json.loads((tiny_root / "tiny" / MANIFEST).read_text())
+    info = Manifest.from_dict(raw)
+    assert info.raw is raw and info.version == "tiny" and info.members_from is None
+    assert info.strategies.boosting.alphas == tuple(raw["strategies"]["boosting"]["alphas"])
+    assert info.strategies.cascade.members[0] in info.members
+    assert info.blend.members == info.member_names and info.blend.dtype == "float32"
+    assert (
+        info.members["bagging-0"].test.accuracy == raw["members"]["bagging-0"]["test"]["accuracy"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("classes",), "T-shirt", "classes must be a list"),
+        (("strategies", "bagging"), None, "bagging is missing"),
+        (("strategies", "boosting", "alphas"), [1.0], "alphas must be"),
+        (("strategies", "stacking", "best_member"), "nobody", "not one of its members"),
+        (("strategies", "cascade", "members"), ["bagging-0", "ghost"], "unknown members"),
+        (("strategies", "cascade", "threshold"), 1.5, "threshold must be in"),
+        (("members", "bagging-0", "val_accuracy"), "high", "must be a number"),
+    ],
+)
+def test_malformed_manifest_is_an_artifact_error(tiny_copy, path, value, message):
+    manifest_path = tiny_copy / "tiny" / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    node = manifest
+    for key in path[:-1]:
+        node = node[key]
+    if value is None:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=message) as caught:
+        load_bundle("tiny", root=tiny_copy)
+    assert isinstance(caught.value, ArtifactError)

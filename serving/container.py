@@ -1,0 +1,75 @@
+"""Wire the serving objects once per app (``create_app`` keeps them in ``app.extensions``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving import catalogue
+from serving.deferred import DeferredRunner
+from serving.definitions import DefinitionService
+from serving.engine import ExperimentEngine
+from serving.recorder import Recorder
+from serving.reports import Reports
+from serving.service import ModelHolder, PredictionService
+from store.db import Store
+
+
+@dataclass
+class Services:
+    """Everything the views call, built from the loaded models and the store."""
+
+    models: ModelHolder
+    db: Store
+    engine: ExperimentEngine
+    prediction: PredictionService
+    definitions: DefinitionService
+    reports: Reports
+
+    def catalogue(self) -> catalogue.Catalogue:
+        """Built-in and created strategies as they stand now (cached by the engine's TTL)."""
+        bundle = self.models.bundle
+        if bundle is None:
+            return catalogue.Catalogue.build(s.name for s in catalogue.BUILTIN_ENSEMBLES)
+        snap = self.engine.snapshot()
+        created = [
+            catalogue.created(
+                name,
+                "ensemble",
+                f"{facts['definition']['aggregation']} of "
+                + ", ".join(m["model_id"] for m in facts["definition"]["models"]),
+            )
+            for name, facts in snap.ensembles.items()
+            if name in snap.nodes
+        ]
+        created += [
+            catalogue.created(
+                name,
+                "experiment",
+                f"{live.router.kind} experiment over " + ", ".join(live.router.arms),
+            )
+            for name, live in snap.experiments.items()
+            if not live.builtin
+        ]
+        return catalogue.Catalogue.build(bundle.ensembles, created)
+
+
+def build_services(
+    models: ModelHolder, db: Store, *, max_pixels: int, ttl: float = 1.0, inline_after: bool = False
+) -> Services:
+    """The prediction service, the definition service and the reports over one engine.
+
+    ``inline_after`` runs shadows in the request that closes (tests, CLI) rather than on the
+    process's background thread."""
+    engine = ExperimentEngine(db, lambda: models.bundle, ttl=ttl)
+    recorder = Recorder(db)
+    prediction = PredictionService(
+        models=models,
+        engine=engine,
+        recorder=recorder,
+        max_pixels=max_pixels,
+        deferred=DeferredRunner(inline=inline_after),
+    )
+    definitions = DefinitionService(db=db, engine=engine, bundle=lambda: models.bundle)
+    reports = Reports(db, events=definitions.events)
+    definitions.results = reports.results
+    return Services(models, db, engine, prediction, definitions, reports)

@@ -1,0 +1,182 @@
+"""API routes: predict and feedback (open), ensembles, experiments and stats (admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from serving.errors import InvalidRequest, NotFound
+from views.api import bp
+from views.auth import admin_required
+from views.context import actor, services
+
+
+def _json_body() -> Any:
+    """The request's JSON object, or a 400 that says what to send."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("Send a JSON object with Content-Type: application/json.", "body")
+    return body
+
+
+@bp.post("/predict")
+def predict() -> ResponseReturnValue:
+    """Multipart ``image`` + ``strategy`` (+ ``client_id``, ``features``) -> the prediction."""
+    upload = request.files.get("image")
+    if upload is None:
+        return jsonify(error='Send the image as a multipart file field named "image".'), 400
+    data = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
+    if len(data) > current_app.config["MAX_UPLOAD_BYTES"]:
+        abort(413)
+    served = services().prediction.predict(
+        data,
+        request.form.get("strategy", ""),
+        client_id=request.form.get("client_id"),
+        features=request.form.get("features"),
+    )
+    response = jsonify(served.body)
+    response.call_on_close(served.run_after)  # shadows run after the answer is sent
+    return response
+
+
+@bp.post("/predictions/<prediction_id>/feedback")
+def feedback(prediction_id: str) -> ResponseReturnValue:
+    """JSON ``{"label": class name or index}`` -> ``{"correct": bool}``; latest answer wins."""
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict) or "label" not in payload:
+        return jsonify(error='Send JSON like {"label": "Sneaker"} or {"label": 7}.'), 400
+    return jsonify(correct=services().prediction.feedback(prediction_id, payload["label"]))
+
+
+# -- ensembles and experiments as data ----------------------------------------------------------
+@bp.post("/inference/ensemble")
+@admin_required
+def create_definition() -> ResponseReturnValue:
+    """Create an ensemble (``strategy: ensemble``) or an experiment (a router): 201."""
+    return jsonify(services().definitions.create(_json_body(), actor())), 201
+
+
+@bp.get("/inference/ensemble")
+@admin_required
+def list_definitions() -> ResponseReturnValue:
+    """Every created ensemble and every experiment."""
+    return jsonify(services().definitions.list())
+
+
+@bp.get("/inference/ensemble/<name>")
+@admin_required
+def get_definition(name: str) -> ResponseReturnValue:
+    return jsonify(services().definitions.get(name))
+
+
+@bp.delete("/inference/ensemble/<name>")
+@admin_required
+def delete_definition(name: str) -> ResponseReturnValue:
+    services().definitions.delete(name, actor())
+    return jsonify(deleted=name)
+
+
+@bp.get("/experiments")
+@admin_required
+def experiments() -> ResponseReturnValue:
+    """All experiments with status, router, arms, shares, dates and outcome."""
+    listed = services().definitions.list()["experiments"]
+    return jsonify(experiments=[_summary(e) for e in listed])
+
+
+def _summary(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": e["name"],
+        "status": e["status"],
+        "router": e["strategy"],
+        "arms": e["models"],
+        "control": e["control"],
+        "shares": e["shares"],
+        "created_at": e["created_at"],
+        "started_at": e["started_at"],
+        "ended_at": e["ended_at"],
+        "decision": e["decision"],
+    }
+
+
+@bp.get("/experiments/<name>")
+@admin_required
+def experiment(name: str) -> ResponseReturnValue:
+    definitions = services().definitions
+    definitions.experiment(name)  # 404 for an ensemble or nothing
+    return jsonify(definitions.get(name))
+
+
+@bp.patch("/experiments/<name>")
+@admin_required
+def patch_experiment(name: str) -> ResponseReturnValue:
+    """``{"weights"}``, ``{"canary_percentage"}`` or ``{"status": paused|running}``: live."""
+    return jsonify(services().definitions.patch(name, _json_body(), actor()))
+
+
+def _decide(name: str, verb: str) -> ResponseReturnValue:
+    body = request.get_json(silent=True) or {}
+    if not isinstance(body, dict):
+        raise InvalidRequest("Send a JSON object (or nothing).", "body")
+    reason = body.get("reason")
+    reason = reason[:500] if isinstance(reason, str) else None
+    return jsonify(
+        services().definitions.decide(name, verb, actor(), model=body.get("model"), reason=reason)
+    )
+
+
+@bp.post("/experiments/<name>/promote")
+@admin_required
+def promote(name: str) -> ResponseReturnValue:
+    return _decide(name, "promote")
+
+
+@bp.post("/experiments/<name>/rollback")
+@admin_required
+def rollback(name: str) -> ResponseReturnValue:
+    return _decide(name, "rollback")
+
+
+@bp.post("/experiments/<name>/stop")
+@admin_required
+def stop(name: str) -> ResponseReturnValue:
+    return _decide(name, "stop")
+
+
+def _mde() -> float:
+    from views.admin.forms import MdeForm
+
+    form = MdeForm(formdata=request.args)
+    if not form.validate():
+        raise InvalidRequest(f"mde: {form.mde.errors[0]}", "mde")
+    return form.mde.data if form.mde.data is not None else 0.02
+
+
+@bp.get("/experiments/<name>/results")
+@admin_required
+def results(name: str) -> ResponseReturnValue:
+    """Per-arm outcomes, comparisons with the control, shadows, SRM, events (``?mde=``)."""
+    services().definitions.experiment(name)
+    return jsonify(services().reports.results(name, _mde()))
+
+
+@bp.get("/experiments/<name>/report")
+@admin_required
+def report(name: str) -> ResponseReturnValue:
+    """The results frozen at the decision; 404 before any decision."""
+    row = services().definitions.experiment(name)
+    if row.report is None:
+        raise NotFound(
+            f"Experiment {name} has no decision yet, so there is no report; see "
+            f"/api/v1/experiments/{name}/results for live numbers."
+        )
+    return jsonify(row.report)
+
+
+@bp.get("/stats")
+@admin_required
+def stats() -> ResponseReturnValue:
+    """Totals and per-requested-strategy outcomes over all traffic."""
+    return jsonify(services().reports.stats(services().catalogue().names))

@@ -1,0 +1,293 @@
+"""Routes of the pages blueprint; its strategy pages come from the catalogue at start-up.
+
+``make_blueprint(pages)`` is called by ``create_app`` with the catalogue's built-in pages, so
+``/bagging``, ``/boosting``, ``/stacking``, ``/cascade`` and ``/ab`` are rows of one table (no
+import side effects) and share one view body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from models.preprocess import PreprocessError
+from serving.catalogue import Strategy
+from serving.errors import ServingError
+from serving.service import Served
+from views import samples
+from views.context import services
+from views.errors import status_of
+from views.images import data_uri, thumbnail_uri
+from views.pages.forms import ChooseUploadForm, FeedbackForm, UploadForm
+
+
+def first_error(form: UploadForm) -> str:
+    """The first validation message, CSRF included, to show above the form."""
+    for field in form:
+        if field.errors:
+            message = field.errors[0]
+            return f"{field.label.text}: {message}" if field.name == "sample" else str(message)
+    return "The form is incomplete; choose an image and try again."
+
+
+def model_facts(name: str) -> list[dict[str, Any]]:
+    """Members and test accuracy of the ensemble(s) behind a strategy, from the manifest."""
+    svc = services()
+    bundle = svc.models.bundle
+    if bundle is None:
+        return []
+    snap = svc.engine.snapshot()
+    experiment = snap.experiments.get(name)
+    arms = list(experiment.router.arms) if experiment else [name]
+    facts = []
+    for arm in arms:
+        node = snap.nodes.get(arm)
+        if node is None:
+            continue
+        accuracy = bundle.manifest_info.test_accuracy(arm)
+        facts.append({"strategy": arm, "members": len(node.leaves()), "accuracy": accuracy})
+    return facts
+
+
+def _page_of(name: str) -> Strategy:
+    catalogue = services().catalogue()
+    page = catalogue.get(name)
+    if page is None:
+        abort(404, description=f"There is no strategy called {name[:40]!r} any more.")
+    return page
+
+
+def render_result(
+    served: Served, data: bytes, true_label: int | None, back_url: str
+) -> ResponseReturnValue:
+    """The result page of one prediction, with the strategy's own template bits."""
+    body = served.body
+    classes = tuple(body["probabilities"])
+    form = FeedbackForm(formdata=None, classes=classes)  # starts on "choose the true class"
+    catalogue = services().catalogue()
+    page = catalogue.get(body["strategy"]) or _page_of(body["strategy"])
+    arm_page = catalogue.get(body["arm"]) or page
+    node = services().engine.snapshot().nodes.get(body["arm"])
+    return render_template(
+        # Only built-in names pick a template: user-created names never become a path.
+        ([f"{arm_page.name}/result.html"] if arm_page.builtin else []) + ["pages/result.html"],
+        page=page,
+        arm_page=arm_page,
+        p=body,
+        classes=classes,
+        thumbnail=thumbnail_uri(data, current_app.config["MAX_IMAGE_PIXELS"]),
+        canvas=data_uri(served.canvas),
+        true_label=true_label,
+        feedback_form=form,
+        back_url=back_url,
+        members_total=len(getattr(node, "children", None) or node.leaves()) if node else None,
+    )
+
+
+def handle_upload(
+    form: UploadForm, strategy: str, refused: Any, back_url: str
+) -> ResponseReturnValue:
+    """Validate the form, predict, and render the result, or the form again with the reason."""
+    if not form.validate_on_submit():
+        return refused(form, 413 if form.too_large else 400, first_error(form))
+    data, true_label = form.read_upload()
+    try:
+        served = services().prediction.predict(data, strategy, client_id=g.get("client_id"))
+    except (PreprocessError, ServingError) as exc:
+        return refused(form, status_of(exc), str(exc))
+    response = current_app.make_response(render_result(served, data, true_label, back_url))
+    response.call_on_close(served.run_after)  # shadows run after the page is sent
+    return response
+
+
+def render_upload_page(
+    template: str, form: UploadForm, status: int, error: str | None, **context: Any
+) -> ResponseReturnValue:
+    """An upload page (home or a strategy) with its form, the gallery and why it was refused."""
+    html = render_template(
+        template,
+        form=form,
+        error=error,
+        gallery=samples.gallery(),
+        max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
+        **context,
+    )
+    return html, status
+
+
+def _choices() -> list[tuple[str, str]]:
+    return [(s.name, s.title) for s in services().catalogue().entries]
+
+
+def render_index(
+    form: UploadForm | None, status: int = 200, error: str | None = None
+) -> ResponseReturnValue:
+    """The home page, optionally with the reason the last upload was refused."""
+    entries = services().catalogue().entries
+    if form is None:
+        form = ChooseUploadForm(formdata=None, choices=_choices())
+    return render_upload_page(
+        "pages/index.html",
+        form,
+        status,
+        error,
+        pages=list(entries),
+        facts={s.name: model_facts(s.name) for s in entries},
+    )
+
+
+def render_strategy(
+    name: str, form: UploadForm | None, status: int = 200, error: str | None = None
+) -> ResponseReturnValue:
+    """A built-in strategy's own upload page."""
+    page = _page_of(name)
+    return render_upload_page(
+        "pages/strategy.html",
+        form if form is not None else UploadForm(formdata=None),
+        status,
+        error,
+        page=page,
+        action=url_for("pages.strategy", name=name),
+        facts=model_facts(name),
+    )
+
+
+def render_refused(status: int, message: str) -> ResponseReturnValue | None:
+    """The upload form a refused POST came from, with the reason (413 or CSRF), if any."""
+    if request.method != "POST":
+        return None
+    if request.endpoint == "pages.predict":
+        try:  # keep the chosen strategy when the form could be read at all
+            form = ChooseUploadForm(choices=_choices())
+        except RequestEntityTooLarge:
+            form = ChooseUploadForm(formdata=None, choices=_choices())
+        return render_index(form, status, message)
+    if request.endpoint == "pages.strategy":
+        return render_strategy(str((request.view_args or {}).get("name")), None, status, message)
+    return None
+
+
+def index() -> ResponseReturnValue:
+    return render_index(ChooseUploadForm(choices=_choices()))
+
+
+def predict() -> ResponseReturnValue:
+    """The home form posts here; the strategy radio decides who answers (works without JS)."""
+    form = ChooseUploadForm(choices=_choices())
+    if not form.is_submitted():
+        return redirect(url_for("pages.index"))
+    return handle_upload(
+        form,
+        str(form.strategy.data),
+        lambda f, status, error: render_index(f, status, error),
+        url_for("pages.index"),
+    )
+
+
+def strategy(name: str) -> ResponseReturnValue:
+    """``GET|POST /<name>``: the upload page of one built-in strategy and its result."""
+    form = UploadForm()
+    if request.method == "GET":
+        return render_strategy(name, form)
+    return handle_upload(
+        form,
+        name,
+        lambda f, status, error: render_strategy(name, f, status, error),
+        url_for("pages.strategy", name=name),
+    )
+
+
+def prediction(prediction_id: str) -> ResponseReturnValue:
+    return render_prediction(_load(prediction_id))
+
+
+def _load(prediction_id: str) -> Any:
+    """The stored prediction, or a 404 page."""
+    try:
+        return services().prediction.find_prediction(prediction_id)
+    except ServingError as exc:
+        abort(status_of(exc), description=str(exc))
+
+
+def render_prediction(
+    prediction: Any,
+    form: FeedbackForm | None = None,
+    status: int = 200,
+    error: str | None = None,
+) -> ResponseReturnValue:
+    """A stored prediction (without its image, which is never kept) and its feedback."""
+    classes = tuple(prediction.probabilities or ())
+    if form is None:
+        feedback = prediction.feedback  # a "No" answer is shown; otherwise the placeholder
+        wrong = feedback.true_class_index if feedback and not feedback.correct else None
+        form = FeedbackForm(formdata=None, classes=classes, label=wrong)
+    catalogue = services().catalogue()
+    html = render_template(
+        "pages/prediction.html",
+        prediction=prediction,
+        page=catalogue.get(prediction.strategy),
+        arm_page=catalogue.get(prediction.arm),
+        classes=classes,
+        feedback_form=form,
+        error=error,
+    )
+    return html, status
+
+
+def feedback(prediction_id: str) -> ResponseReturnValue:
+    """Record "Yes" (the prediction was right) or "No, it was <class>", then show it."""
+    stored = _load(prediction_id)
+    prediction_service = services().prediction
+    try:
+        prediction_service.check_answered(stored)
+    except ServingError as exc:
+        abort(status_of(exc), description=str(exc))
+    classes = tuple(stored.probabilities or ())
+    form = FeedbackForm(classes=classes, predicted=stored.class_index)
+    if not form.validate_on_submit():
+        message = next((str(f.errors[0]) for f in form if f.errors), "Invalid feedback.")
+        return render_prediction(stored, form, 400, message)
+    if form.yes.data:
+        true_index = stored.class_index
+    elif form.no.data:
+        true_index = form.label.data
+    else:
+        return render_prediction(stored, form, 400, "Press “Yes” or “No, it was:”.")
+    correct = prediction_service.record_verdict(stored, true_index)
+    verdict = "right" if correct else f"wrong: it was {classes[true_index]}"
+    flash(f"Thanks! Recorded that the prediction was {verdict}.", "success")
+    return redirect(url_for("pages.prediction", prediction_id=stored.id))
+
+
+def make_blueprint(pages: Sequence[Strategy]) -> Blueprint:
+    """The pages blueprint with one ``/<name>`` rule per built-in strategy page."""
+    bp = Blueprint("pages", __name__)
+    bp.add_url_rule("/", "index", index, methods=("GET",))
+    bp.add_url_rule("/predict", "predict", predict, methods=("GET", "POST"))
+    for page in pages:
+        bp.add_url_rule(
+            f"/{page.name}",
+            "strategy",
+            strategy,
+            defaults={"name": page.name},
+            methods=("GET", "POST"),
+        )
+    bp.add_url_rule("/predictions/<prediction_id>", "prediction", prediction, methods=("GET",))
+    bp.add_url_rule(
+        "/predictions/<prediction_id>/feedback", "feedback", feedback, methods=("POST",)
+    )
+    return bp
