@@ -20,6 +20,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 Job = Callable[[], None]
+#: How much lower than the request threads the deferred thread runs (Unix niceness).
+BACKGROUND_NICE = 10
 
 
 class DeferredRunner:
@@ -55,6 +57,10 @@ class DeferredRunner:
             log.exception("deferred job failed")
 
     def _work(self, jobs: queue.Queue[Job | None]) -> None:
+        try:  # Linux: niceness is per thread, so requests get the CPU before shadows do
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        except (AttributeError, OSError):
+            log.debug("cannot lower the deferred thread's priority here")
         while True:
             job = jobs.get()
             try:

@@ -98,6 +98,13 @@ class DefinitionService:
         name = body.get("name") if isinstance(body, Mapping) else None
         if isinstance(name, str) and (name in snap.ensembles or name in snap.experiments):
             raise Conflict(f"The name {name!r} is taken; choose another or DELETE it first.")
+        if isinstance(name, str) and store.experiment_events(self.db.sessions(), name, limit=1):
+            # Predictions keep the name they were served under: a new definition with a
+            # deleted one's name would inherit its traffic and its history.
+            raise Conflict(
+                f"The name {name!r} belonged to an ensemble or experiment that was deleted, and "
+                "its records keep that name; choose another name."
+            )
         parsed = parse_body(
             body,
             known=self.known_models(),

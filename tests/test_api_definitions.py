@@ -188,6 +188,14 @@ def test_a_taken_name_answers_409_whatever_else_the_body_holds(api):
     assert api("POST", URL, {**WEIGHTED, "name": "light-vote"}).status_code == 409
 
 
+def test_a_deleted_name_is_never_given_out_again(api):
+    assert api("POST", URL, WEIGHTED).status_code == 201
+    assert api("DELETE", f"{URL}/w").status_code == 200
+    response = api("POST", URL, WEIGHTED)
+    assert response.status_code == 409
+    assert "deleted" in response.get_json()["error"]
+
+
 def test_admin_auth_is_required(client, make_app, admin_headers):
     assert client.post(URL, json=LIGHT_VOTE).status_code == 401
     assert client.get(URL).status_code == 401
