@@ -209,6 +209,8 @@ class DefinitionService:
             out["control"] = row.control
             out["builtin"] = bool(row.builtin)
             out["shares"] = self.shares(row)
+            if row.router == "canary":
+                out["canary_progress"] = canary_progress(row)
             out["decision"] = row.decision
             out["revision"] = row.revision
             out["updated_at"] = _iso(row.updated_at)
@@ -396,6 +398,18 @@ class DefinitionService:
             }
             for e in rows
         ]
+
+
+def canary_progress(row: Any) -> float:
+    """How far a canary has ramped: its share of traffic now over the most it may get (0 to 1);
+    1 once promoted to the canary, 0 after a rollback or a stop (the value
+    ``ensemble_canary_progress`` exports)."""
+    definition = row.definition
+    if row.status != "running" and row.status != "paused":
+        won = (row.decision or {}).get("model") == definition.get("canary_model")
+        return 1.0 if won else 0.0
+    maximum = float(definition.get("max_percentage") or 100)
+    return float(definition.get("canary_percentage") or 0) / maximum if maximum else 0.0
 
 
 def _short(value: Any) -> str:

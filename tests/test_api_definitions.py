@@ -269,7 +269,9 @@ def test_canary_percentage_ramp_moves_only_clients_to_the_canary(api, client, im
     assert api("POST", URL, body).status_code == 201
     ids = [f"client-{i}" for i in range(300)]
     before = {i: predict(client, image_png, "can", client_id=i).get_json()["arm"] for i in ids}
+    assert api("GET", "/api/v1/experiments/can").get_json()["canary_progress"] == 0.1
     assert api("PATCH", "/api/v1/experiments/can", {"canary_percentage": 20}).status_code == 200
+    assert api("GET", "/api/v1/experiments/can").get_json()["canary_progress"] == 0.2
     after = {i: predict(client, image_png, "can", client_id=i).get_json()["arm"] for i in ids}
     moved = [i for i in ids if before[i] != after[i]]
     assert all(before[i] == "bagging" and after[i] == "boosting" for i in moved)
