@@ -7,6 +7,7 @@ every created ensemble answers in microseconds.
 from __future__ import annotations
 
 import io
+import itertools
 
 import pytest
 
@@ -391,3 +392,28 @@ def test_srm_counts_only_traffic_since_the_shares_last_changed(api, client, imag
     assert results["events"][0]["summary"] == (
         "weights: bagging=1, boosting=0 → bagging=0.5, boosting=0.5"
     )
+
+
+HOSTILE_VALUES = [None, -1, 1e308, True, "", [], {}, [1], {"a": 1}, "ü" * 300,
+                  {"model_id": 3}, [{"model_id": None}], [{"model_id": "bagging", "weight": "1"}]]
+HOSTILE_FIELDS = ["name", "strategy", "models", "aggregation", "threshold", "weights", "rules",
+                  "default_model", "shadow_models", "canary_percentage", "guardrails", "sticky",
+                  "control", "algorithm", "reward_window", "baseline_model", "canary_model"]
+
+
+@pytest.mark.parametrize("strategy", ["ensemble", "weighted", "canary", "feature_based", "shadow",
+                                      "bandit"])
+def test_no_body_field_value_makes_a_5xx(api, strategy):
+    for n, (field, value) in enumerate(itertools.product(HOSTILE_FIELDS, HOSTILE_VALUES)):
+        body = {**WEIGHTED, "name": f"h-{n}", "strategy": strategy, field: value}
+        response = api("POST", URL, body)
+        assert response.status_code < 500, (field, value, response.get_json())
+
+
+def test_no_patch_or_decision_value_makes_a_5xx(api):
+    api("POST", URL, WEIGHTED)
+    for value in HOSTILE_VALUES:
+        for field in ("weights", "status", "canary_percentage", "colour"):
+            assert api("PATCH", "/api/v1/experiments/w", {field: value}).status_code < 500
+        response = api("POST", "/api/v1/experiments/w/promote", {"model": value, "reason": value})
+        assert response.status_code in (400, 409)
