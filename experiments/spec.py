@@ -98,6 +98,11 @@ for _kind, _fields in _ROUTER_FIELDS.items():
     for _field in _fields:
         _FIELD_OWNERS[_field] = (*_FIELD_OWNERS.get(_field, ()), _kind)
 _ENSEMBLE_FIELDS = ("aggregation", "threshold")
+#: Every key an experiment body may hold: a typo is refused, never silently ignored.
+EXPERIMENT_KEYS = frozenset(
+    ["name", "strategy", "models", "description", "control", "guardrails",
+     "sequential_tuning", "sticky", *_ENSEMBLE_FIELDS, *_FIELD_OWNERS]
+)
 
 
 class SpecError(ValueError):
@@ -563,6 +568,11 @@ def parse_experiment(body: Mapping[str, Any], models: Sequence[str]) -> dict[str
             raise SpecError(
                 field, f"{field} applies to strategy ensemble only; remove it for {strategy}"
             )
+    unknown = sorted(key for key in body if key not in EXPERIMENT_KEYS)
+    if unknown:
+        raise SpecError(
+            unknown[0], f"{unknown[0]} is not a field of an experiment; check its spelling"
+        )
     for field, kinds in _FIELD_OWNERS.items():
         if body.get(field) is not None and strategy not in kinds:
             raise SpecError(

@@ -109,7 +109,7 @@ class DefinitionService:
             body,
             known=self.known_models(),
             ensembles=list(self.bundle().ensembles) + list(snap.ensembles),
-            reserved=catalogue.RESERVED_NAMES,
+            reserved=catalogue.RESERVED_NAMES | frozenset(self.bundle().bank.names),
         )
         bundle = self.bundle()
         session = self.db.sessions()
@@ -254,7 +254,8 @@ class DefinitionService:
         users += [
             r.name
             for r in experiments
-            if r.status in ("running", "paused") and name in r.definition.get("models", [])
+            if (r.status in ("running", "paused") and name in r.definition.get("models", []))
+            or name in (r.control, (r.decision or {}).get("model"))  # a decided one serves it
         ]
         return sorted(users)
 
@@ -305,7 +306,7 @@ class DefinitionService:
             if status != row.status:
                 changes["status"] = status
                 kind = "paused" if status == "paused" else "resumed"
-        routing = {k: v for k, v in body.items() if k != "status"}
+        routing = {k: v for k, v in body.items() if k != "status" and v is not None}
         if routing:
             definition, state = apply_patch(row.definition, row.state or {}, routing)
             changes["definition"] = definition
@@ -321,6 +322,11 @@ class DefinitionService:
     ) -> dict[str, Any]:
         """promote (a model), rollback (to the control) or stop: all traffic goes to one model."""
         row = self.experiment(name)
+        if row.builtin:
+            raise Conflict(
+                f"{name} is the built-in experiment of the first release and cannot end; pause "
+                "it, or change its weights, instead."
+            )
         if row.status in ("completed", "rolled_back"):
             raise Conflict(
                 f"Experiment {name} is already {row.status} ({(row.decision or {}).get('status')})."
@@ -350,6 +356,7 @@ class DefinitionService:
         report = None
         if self.results is not None:
             report = self.results(name)
+            report["status"] = _STATUS_AFTER[verb]
             report["decision"] = decision
             report["started_at"] = _iso(row.started_at)
             report["ended_at"] = _iso(at)

@@ -258,7 +258,7 @@ class ExperimentEngine:
             return Route(arm=fixed, reason=experiment.status)
         router = experiment.router
         ticket = None
-        if router.needs_ticket:
+        if router.needs_ticket and not (router.sticky and client_id):
             session = self.db.sessions()
             ticket = store.next_ticket(session, experiment.name)
         context = RoutingContext(

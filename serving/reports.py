@@ -142,11 +142,11 @@ class Reports:
         # Shares apply from their last change on: SRM counts only the traffic routed since.
         events = self.events(name)
         changed = next((e["at_time"] for e in events if e["kind"] in SHARE_CHANGES), None)
-        srm_counts = (
-            {a: t["served"] for a, t in table.items()}
-            if changed is None
-            else {a: o["served"] for a, o in store.arm_outcomes(session, name, changed).items()}
-        )
+        # Served (successful) requests, as the first release counted: an arm that loses requests
+        # to errors loses data the comparison needs, which SRM should flag. Requests a pause or
+        # a decision sent to one model are no assignment and stay out.
+        assigned = store.arm_outcomes(session, name, changed, routed_only=True)
+        srm_counts = {a: o["served"] for a, o in assigned.items()}
         p, detected = srm(srm_counts, expected)
         out: dict[str, Any] = {
             "experiment": name,

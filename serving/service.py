@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_CLIENT_ID_LENGTH = 200
 MAX_FEATURES = 32
 MAX_FEATURE_TEXT = 200
+MAX_FEATURES_TEXT = 4096
 _FEATURE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 #: A class index written as text: a few ASCII digits.
 _INDEX_TEXT = re.compile(r"[0-9]{1,4}")
@@ -74,9 +75,13 @@ def parse_features(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
     if isinstance(raw, str):
+        if len(raw) > MAX_FEATURES_TEXT:
+            raise InvalidRequest(
+                f"features is longer than {MAX_FEATURES_TEXT} characters", field="features"
+            )
         try:
             raw = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidRequest(
                 f'features must be a JSON object as text, e.g. {{"segment": "enterprise"}} ({exc})',
                 field="features",

@@ -18,6 +18,7 @@ from experiments.spec import ROUTER_KINDS, SpecError, parse_experiment
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MAX_MODELS = 32
+MAX_WEIGHT = 1e9
 #: Keys a create body may hold besides the router's own (checked by ``experiments.spec``).
 _COMMON_KEYS = ("name", "strategy", "models", "description")
 _ENSEMBLE_KEYS = ("aggregation", "threshold")
@@ -79,9 +80,10 @@ def parse_models(value: Any, known: Sequence[str], ensembles: Sequence[str]) -> 
             raise SpecError(f"{field}.model_id", f"{model_id!r} is listed twice in models")
         seen.add(model_id)
         weight = entry.get("weight")
-        if weight is not None and (not _is_number(weight) or weight < 0):
+        if weight is not None and (not _is_number(weight) or not 0 <= weight <= MAX_WEIGHT):
             raise SpecError(
-                f"{field}.weight", f"{field}.weight must be a number >= 0, got {weight!r}"
+                f"{field}.weight",
+                f"{field}.weight must be a number from 0 to {MAX_WEIGHT:g}, got {weight!r}",
             )
         models.append({"model_id": model_id, "weight": weight})
     del ensembles  # nested ensembles are allowed; they can only name existing models
@@ -110,13 +112,13 @@ def parse_ensemble(body: Mapping[str, Any], models: list[dict]) -> dict[str, Any
             f"models[{missing}].weight", "weighted_average needs a weight on every model"
         )
     values = [1.0 if w is None else float(w) for w in weights]
-    if sum(values) <= 0:
+    if math.fsum(values) <= 0:
         raise SpecError("models[0].weight", "at least one model weight must be > 0")
     definition: dict[str, Any] = {
         "strategy": "ensemble",
         "aggregation": aggregation,
         "models": [
-            {"model_id": m["model_id"], "weight": v / sum(values)}
+            {"model_id": m["model_id"], "weight": v / math.fsum(values)}
             for m, v in zip(models, values, strict=True)
         ],
     }

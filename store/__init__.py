@@ -10,7 +10,7 @@ answer wins: a second verdict for the same prediction overwrites the first, so a
 clicked the wrong button can correct it and a prediction is never counted twice in the stats.
 """
 
-from store.db import Store, get_session, get_store, init_app, open_store, ping
+from store.db import Store, open_store, ping
 from store.definitions import (
     create_definition,
     delete_definition,
@@ -97,3 +97,16 @@ __all__ = [
     "update_experiment",
     "upgrade",
 ]
+
+
+_FLASK_NAMES = ("get_session", "get_store", "init_app")
+
+
+def __getattr__(name: str):  # noqa: ANN202  (PEP 562: the Flask helpers load on first use)
+    """``store.init_app`` and friends, imported only when asked for, so that importing the store
+    (as ``serving/`` does) never imports Flask."""
+    if name in _FLASK_NAMES:
+        from store import flask_app
+
+        return getattr(flask_app, name)
+    raise AttributeError(f"module 'store' has no attribute {name!r}")

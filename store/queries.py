@@ -17,6 +17,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, selectinload
 from store.models import Feedback, Prediction, utcnow
 
 AB = "ab"
+#: ``route_reason`` of requests that no router decided (the experiment was paused or decided).
+FIXED_ROUTES = ("paused", "completed", "rolled_back")
 
 
 def add_prediction(session: Session, **fields: Any) -> Prediction:
@@ -201,18 +203,27 @@ def _outcomes(
 
 
 def arm_outcomes(
-    session: Session, experiment: str, since: datetime | None = None
+    session: Session,
+    experiment: str,
+    since: datetime | None = None,
+    routed_only: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Per-arm counts of an experiment in one aggregate query, in ``arm_summary``'s terms.
 
     ``requests`` counts every routed request, ``errors`` the failed ones; ``served`` the
     successful ones, over which ``labelled``, ``correct``, ``fallbacks``, ``sum_confidence`` and
     ``mean_confidence`` (None without any) are taken. ``since`` keeps only requests made at or
-    after it (the sample-ratio check counts traffic since the shares last changed).
+    after it (the sample-ratio check counts traffic since the shares last changed);
+    ``routed_only`` leaves out requests a paused or decided experiment sent to one model.
     """
     conditions = _served_by(experiment)
     if since is not None:
         conditions = [*conditions, Prediction.created_at >= since]
+    if routed_only:
+        conditions = [
+            *conditions,
+            or_(Prediction.route_reason.is_(None), Prediction.route_reason.not_in(FIXED_ROUTES)),
+        ]
     return _outcomes(session, Prediction.arm, conditions)
 
 

@@ -417,3 +417,102 @@ def test_no_patch_or_decision_value_makes_a_5xx(api):
             assert api("PATCH", "/api/v1/experiments/w", {field: value}).status_code < 500
         response = api("POST", "/api/v1/experiments/w/promote", {"model": value, "reason": value})
         assert response.status_code in (400, 409)
+
+
+# -- review findings, each with the fault injected --------------------------------------------
+def test_a_cross_site_form_cannot_reach_the_admin_api(client, admin_headers):
+    """Browsers resend Basic credentials; a form (not JSON) must not stop an experiment."""
+    for path in ("/api/v1/experiments/ab/stop", URL):
+        response = client.post(path, data={"x": "y"}, headers=admin_headers)
+        assert response.status_code == 415
+        assert "application/json" in response.get_json()["error"]
+    assert client.get("/api/v1/experiments/ab", headers=admin_headers).get_json()["status"] == (
+        "running"
+    )
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(client, admin_headers, image_png):
+    deep = "[" * 100_000
+    response = predict(client, image_png, "bagging", features=deep)
+    assert response.status_code == 400
+    response = client.post(URL, data=deep, content_type="application/json", headers=admin_headers)
+    assert response.status_code == 400
+
+
+def test_huge_weights_are_refused_rather_than_stored_as_zero(api):
+    body = {"name": "huge", "aggregation": "weighted_average",
+            "models": [{"model_id": "bagging", "weight": 1e308},
+                       {"model_id": "boosting", "weight": 1e308}]}
+    response = api("POST", URL, body)
+    assert response.status_code == 400 and "models[0].weight" in response.get_json()["error"]
+
+
+def test_member_names_cannot_be_taken_by_an_ensemble(api):
+    body = {"name": "bagging-0", "models": [{"model_id": "boosting-0"}]}
+    response = api("POST", URL, body)
+    assert response.status_code == 400 and "reserved" in response.get_json()["error"]
+
+
+def test_an_unknown_experiment_field_is_refused(api):
+    response = api("POST", URL, {**WEIGHTED, "gaurdrails": {"error_rate": 0.1}})
+    assert response.status_code == 400 and "gaurdrails" in response.get_json()["error"]
+
+
+def test_srm_ignores_traffic_a_pause_sent_to_the_control(api, client, image_png):
+    body = {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 1},
+                                   {"model_id": "boosting", "weight": 1}]}
+    api("POST", URL, body)
+    for i in range(20):
+        predict(client, image_png, "w", client_id=f"c{i}")
+    before = api("GET", "/api/v1/experiments/w/results").get_json()["srm_p_value"]
+    api("PATCH", "/api/v1/experiments/w", {"status": "paused"})
+    for i in range(40):
+        predict(client, image_png, "w", client_id=f"p{i}")  # all to bagging, the control
+    results = api("GET", "/api/v1/experiments/w/results").get_json()
+    assert results["arms"]["bagging"]["served"] >= 40
+    assert results["srm_p_value"] == pytest.approx(before) and not results["srm_detected"]
+
+
+def test_srm_flags_an_arm_that_loses_its_requests_to_errors(api, client, image_png, app):
+    """Served counts, as the first release: data lost to errors on one arm is a mismatch."""
+    body = {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 1},
+                                   {"model_id": "boosting", "weight": 1}]}
+    api("POST", URL, body)
+    bank = app.extensions["chorus"].models.bundle.bank
+    bank.fail.update(name for name in bank.names if name.startswith("boosting"))
+    statuses = [predict(client, image_png, "w", client_id=f"c{i}").status_code for i in range(40)]
+    bank.fail.clear()
+    results = api("GET", "/api/v1/experiments/w/results").get_json()
+    failed = statuses.count(503)
+    assert results["arms"]["boosting"]["errors"] == failed > 5
+    assert results["arms"]["boosting"]["served"] == 0
+    assert results["srm_detected"] is True and results["srm_p_value"] < 0.001
+
+
+def test_the_builtin_experiment_cannot_be_ended(api):
+    for verb in ("stop", "rollback", "promote"):
+        response = api("POST", f"/api/v1/experiments/ab/{verb}", {"model": "boosting"})
+        assert response.status_code == 409 and "built-in" in response.get_json()["error"]
+
+
+def test_a_decided_experiments_model_cannot_be_deleted(api, client, image_png):
+    api("POST", URL, LIGHT_VOTE)
+    api("POST", URL, {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 1},
+                                             {"model_id": "light-vote", "weight": 1}]})
+    api("POST", "/api/v1/experiments/w/promote", {"model": "light-vote"})
+    response = api("DELETE", f"{URL}/light-vote")
+    assert response.status_code == 409 and "used by w" in response.get_json()["error"]
+    assert predict(client, image_png, "w").get_json()["arm"] == "light-vote"
+
+
+def test_the_frozen_report_carries_the_status_after_the_decision(api):
+    api("POST", URL, WEIGHTED)
+    api("POST", "/api/v1/experiments/w/rollback")
+    assert api("GET", "/api/v1/experiments/w/report").get_json()["status"] == "rolled_back"
+
+
+def test_a_null_patch_changes_nothing_and_writes_no_event(api):
+    api("POST", URL, WEIGHTED)
+    revision = api("GET", "/api/v1/experiments/w").get_json()["revision"]
+    assert api("PATCH", "/api/v1/experiments/w", {"weights": None}).status_code == 200
+    assert api("GET", "/api/v1/experiments/w").get_json()["revision"] == revision

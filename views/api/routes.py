@@ -6,11 +6,29 @@ from typing import Any
 
 from flask import abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import UnsupportedMediaType
 
 from serving.errors import InvalidRequest, NotFound
 from views.api import bp
 from views.auth import admin_required
 from views.context import actor, services
+
+#: Endpoints a browser form may post to (the others change state and take JSON only).
+FORM_ENDPOINTS = ("api.predict",)
+
+
+def refuse_browser_forms() -> None:
+    """The admin API is CSRF-exempt and browsers resend Basic credentials, so a cross-site
+    form must not reach it: a state-changing request with a body that is not JSON is a 415."""
+    if request.method in ("GET", "HEAD", "OPTIONS") or request.endpoint in FORM_ENDPOINTS:
+        return
+    if request.endpoint == "api.feedback":
+        return  # JSON-only anyway, and not an admin route
+    if request.content_length or request.mimetype:
+        if request.mimetype != "application/json":
+            raise UnsupportedMediaType(
+                "Send this request's body as JSON (Content-Type: application/json)."
+            )
 
 
 def _json_body() -> Any:
