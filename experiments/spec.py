@@ -100,8 +100,18 @@ for _kind, _fields in _ROUTER_FIELDS.items():
 _ENSEMBLE_FIELDS = ("aggregation", "threshold")
 #: Every key an experiment body may hold: a typo is refused, never silently ignored.
 EXPERIMENT_KEYS = frozenset(
-    ["name", "strategy", "models", "description", "control", "guardrails",
-     "sequential_tuning", "sticky", *_ENSEMBLE_FIELDS, *_FIELD_OWNERS]
+    [
+        "name",
+        "strategy",
+        "models",
+        "description",
+        "control",
+        "guardrails",
+        "sequential_tuning",
+        "sticky",
+        *_ENSEMBLE_FIELDS,
+        *_FIELD_OWNERS,
+    ]
 )
 
 
@@ -187,6 +197,13 @@ def _required(body: Mapping[str, Any], field: str, strategy: str, what: str) -> 
     return value
 
 
+def _required_model(
+    body: Mapping[str, Any], field: str, strategy: str, models: Sequence[str], role: str
+) -> str:
+    """A router field that must name one of the experiment's models."""
+    return _model(_required(body, field, strategy, role), field, models, role)
+
+
 def _mapping(value: Any, field: str, allowed: Sequence[str]) -> Mapping[str, Any]:
     """Check a JSON object whose keys all belong to ``allowed``."""
     if not isinstance(value, Mapping):
@@ -265,17 +282,11 @@ def _check_all_used(models: Sequence[str], used: Sequence[str], strategy: str) -
 
 def _canary(body: Mapping[str, Any], models: Sequence[str]) -> dict[str, Any]:
     """Baseline, canary, starting percentage, optional ramp and promotion criteria."""
-    baseline = _model(
-        _required(body, "baseline_model", "canary", "the model that serves most traffic"),
-        "baseline_model",
-        models,
-        "the model that serves most traffic",
+    baseline = _required_model(
+        body, "baseline_model", "canary", models, "the model that serves most traffic"
     )
-    canary = _model(
-        _required(body, "canary_model", "canary", "the new model that gets canary_percentage"),
-        "canary_model",
-        models,
-        "the new model that gets canary_percentage",
+    canary = _required_model(
+        body, "canary_model", "canary", models, "the new model that gets canary_percentage"
     )
     if canary == baseline:
         raise SpecError(
@@ -374,11 +385,8 @@ def _feature_based(body: Mapping[str, Any], models: Sequence[str]) -> dict[str, 
             )
         model = _model(rule["model"], f"{field}.model", models, "served when the condition holds")
         normalised.append({"condition": condition, "model": model})
-    default = _model(
-        _required(body, "default_model", "feature_based", "the model for requests no rule matches"),
-        "default_model",
-        models,
-        "the model for requests no rule matches",
+    default = _required_model(
+        body, "default_model", "feature_based", models, "the model for requests no rule matches"
     )
     _check_all_used(models, [rule["model"] for rule in normalised] + [default], "feature_based")
     return {"rules": normalised, "default_model": default}
@@ -439,11 +447,8 @@ def _latency_based(body: Mapping[str, Any], models: Sequence[str]) -> dict[str, 
 
 def _shadow(body: Mapping[str, Any], models: Sequence[str]) -> dict[str, Any]:
     """The served model, the models run on a copy of the request, and how often."""
-    default = _model(
-        _required(body, "default_model", "shadow", "the model whose answer is returned"),
-        "default_model",
-        models,
-        "the model whose answer is returned",
+    default = _required_model(
+        body, "default_model", "shadow", models, "the model whose answer is returned"
     )
     shadows = _required(body, "shadow_models", "shadow", "a list of models run after the answer")
     if not isinstance(shadows, Sequence) or isinstance(shadows, str | bytes) or not shadows:

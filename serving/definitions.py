@@ -108,7 +108,6 @@ class DefinitionService:
         parsed = parse_body(
             body,
             known=self.known_models(),
-            ensembles=list(self.bundle().ensembles) + list(snap.ensembles),
             reserved=catalogue.RESERVED_NAMES | frozenset(self.bundle().bank.names),
         )
         bundle = self.bundle()

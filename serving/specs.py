@@ -51,7 +51,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_models(value: Any, known: Sequence[str], ensembles: Sequence[str]) -> list[dict]:
+def parse_models(value: Any, known: Sequence[str]) -> list[dict]:
     """``models``: a non-empty list of ``{"model_id", "weight"?}``, each a known model, once."""
     if not isinstance(value, list) or not value:
         raise SpecError(
@@ -86,7 +86,6 @@ def parse_models(value: Any, known: Sequence[str], ensembles: Sequence[str]) -> 
                 f"{field}.weight must be a number from 0 to {MAX_WEIGHT:g}, got {weight!r}",
             )
         models.append({"model_id": model_id, "weight": weight})
-    del ensembles  # nested ensembles are allowed; they can only name existing models
     return models
 
 
@@ -134,9 +133,7 @@ def parse_ensemble(body: Mapping[str, Any], models: list[dict]) -> dict[str, Any
     return definition
 
 
-def parse_body(
-    body: Any, *, known: Sequence[str], ensembles: Sequence[str], reserved: frozenset[str]
-) -> ParsedBody:
+def parse_body(body: Any, *, known: Sequence[str], reserved: frozenset[str]) -> ParsedBody:
     """Validate a create body against the models that exist now."""
     if not isinstance(body, Mapping):
         raise SpecError("body", 'send a JSON object like {"name": "light-vote", "models": [...]}')
@@ -148,7 +145,7 @@ def parse_body(
             f"strategy must be ensemble or a router ({', '.join(ROUTER_KINDS)}); got "
             f"{str(strategy)[:40]!r}",
         )
-    models = parse_models(body.get("models"), known, ensembles)
+    models = parse_models(body.get("models"), known)
     if strategy == "ensemble":
         definition = parse_ensemble(body, models)
         kind = "ensemble"
