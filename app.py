@@ -43,6 +43,7 @@ _ENV_KEYS = (
     "AB_SPLIT",
     "ARTIFACT_ROOT",
     "LOG_LEVEL",
+    "DECISION_INTERVAL",
 )
 
 
@@ -76,6 +77,8 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
         BUNDLE=None,
         #: How long a worker trusts its cached ensemble and experiment definitions (seconds).
         DEFINITIONS_TTL=1.0,
+        #: How often (seconds) a worker may evaluate one experiment's guardrails and canary.
+        DECISION_INTERVAL=1.0,
         WTF_CSRF_TIME_LIMIT=None,  # a result page left open for hours can still take feedback
         SESSION_COOKIE_SAMESITE="Lax",
     )
@@ -86,6 +89,9 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
     config["AB_SPLIT"] = _number("AB_SPLIT", config["AB_SPLIT"], 0.0, 1.0)
     config["MAX_UPLOAD_MB"] = _number("MAX_UPLOAD_MB", config["MAX_UPLOAD_MB"], 0.001, 1024)
     config["MAX_UPLOAD_BYTES"] = int(config["MAX_UPLOAD_MB"] * 2**20)
+    config["DECISION_INTERVAL"] = _number(
+        "DECISION_INTERVAL", config["DECISION_INTERVAL"], 0.0, 3600.0
+    )
     config["LOG_LEVEL"] = str(config["LOG_LEVEL"]).strip().upper()
     if config["LOG_LEVEL"] not in logging.getLevelNamesMapping():
         raise ConfigError(
@@ -167,6 +173,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         max_pixels=app.config["MAX_IMAGE_PIXELS"],
         ttl=app.config["DEFINITIONS_TTL"],
         inline_after=bool(app.testing),
+        decision_interval=app.config["DECISION_INTERVAL"],
     )
     app.extensions[EXTENSION] = services
     services.definitions.ensure_builtins(app.config["AB_SPLIT"])

@@ -8,6 +8,7 @@ from serving import catalogue
 from serving.deferred import DeferredRunner
 from serving.definitions import DefinitionService
 from serving.engine import ExperimentEngine
+from serving.guardian import Guardian
 from serving.recorder import Recorder
 from serving.reports import Reports
 from serving.service import ModelHolder, PredictionService
@@ -24,6 +25,7 @@ class Services:
     prediction: PredictionService
     definitions: DefinitionService
     reports: Reports
+    guardian: Guardian
 
     def catalogue(self) -> catalogue.Catalogue:
         """Built-in and created strategies as they stand now (cached by the engine's TTL)."""
@@ -54,22 +56,32 @@ class Services:
 
 
 def build_services(
-    models: ModelHolder, db: Store, *, max_pixels: int, ttl: float = 1.0, inline_after: bool = False
+    models: ModelHolder,
+    db: Store,
+    *,
+    max_pixels: int,
+    ttl: float = 1.0,
+    inline_after: bool = False,
+    decision_interval: float = 1.0,
 ) -> Services:
     """The prediction service, the definition service and the reports over one engine.
 
     ``inline_after`` runs shadows in the request that closes (tests, CLI) rather than on the
-    process's background thread."""
+    process's background thread; ``decision_interval`` is how often (seconds) the guardian may
+    evaluate one experiment in this process."""
     engine = ExperimentEngine(db, lambda: models.bundle, ttl=ttl)
     recorder = Recorder(db)
+    deferred = DeferredRunner(inline=inline_after)
+    definitions = DefinitionService(db=db, engine=engine, bundle=lambda: models.bundle)
+    guardian = Guardian(db, definitions, interval=decision_interval, deferred=deferred)
     prediction = PredictionService(
         models=models,
         engine=engine,
         recorder=recorder,
         max_pixels=max_pixels,
-        deferred=DeferredRunner(inline=inline_after),
+        deferred=deferred,
+        on_outcome=guardian.observe,
     )
-    definitions = DefinitionService(db=db, engine=engine, bundle=lambda: models.bundle)
     reports = Reports(db, events=definitions.events)
     definitions.results = reports.results
-    return Services(models, db, engine, prediction, definitions, reports)
+    return Services(models, db, engine, prediction, definitions, reports, guardian)

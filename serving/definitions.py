@@ -317,10 +317,26 @@ class DefinitionService:
         return self.get(name)
 
     def decide(
-        self, name: str, verb: str, actor: str, model: Any = None, reason: str | None = None
+        self,
+        name: str,
+        verb: str,
+        actor: str,
+        model: Any = None,
+        reason: str | None = None,
+        *,
+        evidence: Mapping[str, Any] | None = None,
+        outcome: str | None = None,
+        revision: int | None = None,
     ) -> dict[str, Any]:
-        """promote (a model), rollback (to the control) or stop: all traffic goes to one model."""
+        """promote (a model), rollback (to the control) or stop: all traffic goes to one model.
+
+        ``evidence`` (the numbers behind an automatic decision) is kept in the decision and its
+        event; ``outcome`` overrides the decision word (a stop is ``inconclusive`` when the
+        guardian ends a canary at ``max_samples``); ``revision`` makes it conditional on the row
+        the caller evaluated, so a decision is never taken on numbers someone else overtook."""
         row = self.experiment(name)
+        if revision is not None and row.revision != revision:
+            raise Conflict(f"Experiment {name} changed while it was being evaluated.")
         if row.builtin:
             raise Conflict(
                 f"{name} is the built-in experiment of the first release and cannot end; pause "
@@ -346,12 +362,15 @@ class DefinitionService:
         else:
             target = row.control
         at = now()
-        decision = {
-            "status": DECISIONS[verb],
+        decision: dict[str, Any] = {
+            "status": outcome or DECISIONS[verb],
             "model": target,
             "reason": reason or f"{verb} by {actor}",
             "at": _iso(at),
+            "by": actor,
         }
+        if evidence:
+            decision["evidence"] = dict(evidence)
         report = None
         if self.results is not None:
             report = self.results(name)
@@ -365,8 +384,14 @@ class DefinitionService:
             "report": report,
             "ended_at": at,
         }
-        self._update(name, row.revision, actor, DECISIONS[verb], decision["reason"], changes)
+        self._update(name, row.revision, actor, decision["status"], decision["reason"], changes)
         return self.get(name)
+
+    def change(
+        self, name: str, revision: int, actor: str, kind: str, reason: str | None, changes: dict
+    ) -> None:
+        """A revision-checked change with its event (the guardian's ramp steps)."""
+        self._update(name, revision, actor, kind, reason, changes)
 
     def _update(
         self, name: str, revision: int, actor: str, kind: str, reason: str | None, changes: dict

@@ -160,8 +160,11 @@ class PredictionService:
         preprocess: Callable[[bytes, int], Preprocessed] = analyse,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         deferred: DeferredRunner | None = None,
+        on_outcome: Callable[[str | None], None] | None = None,
     ) -> None:
         self.models = models
+        #: Told the experiment (or None) of every recorded outcome: the guardian's trigger.
+        self.on_outcome = on_outcome or (lambda name: None)
         self.engine = engine
         self.recorder = recorder
         self.preprocess = preprocess
@@ -250,6 +253,7 @@ class PredictionService:
             latency_ms=_milliseconds(started),
         )
         self.recorder.prediction(**row, **{k: body.get(k) for k in STORED_FIELDS})
+        self.on_outcome(row["experiment"])
         log.info(
             "prediction %s: %s via %s -> %s (%.3f) in %.1f ms%s",
             row["id"],
@@ -275,6 +279,7 @@ class PredictionService:
             self.recorder.prediction(
                 **row, latency_ms=_milliseconds(started), error=f"{type(exc).__name__}: {exc}"
             )
+            self.on_outcome(row["experiment"])
             if isinstance(exc, EnsembleError):
                 log.error("prediction %s failed (%s): %s", row["id"], node.name, exc)
                 raise Unavailable(
@@ -358,6 +363,7 @@ class PredictionService:
         log.info(
             "feedback on %s: true class %d, correct=%s", prediction.id, true_class_index, correct
         )
+        self.on_outcome(prediction.experiment)
         return correct
 
     def feedback(self, prediction_id: str, label: Any) -> bool:

@@ -301,3 +301,59 @@ def test_shadow_runs_are_stored_for_every_request_and_never_served(
     # Both workers served (and so ran shadows); pids from the access log.
     pids = worker_of(server, [a.request_id for a in answers])
     assert set(pids.values()) == set(server.worker_pids())
+
+
+def test_a_guardrail_rolls_back_in_every_worker_by_itself(
+    server: GunicornServer, image_png: bytes
+) -> None:
+    # Stacking runs nine members and a meta-model: no real forward meets a 0.01 ms p95, so the
+    # latency guardrail must fire once stacking has min_samples latencies, in whichever worker
+    # evaluates first; the other worker's attempt loses the revision check and does nothing.
+    name = "guarded"
+    create(
+        server,
+        {
+            "name": name,
+            "strategy": "weighted",
+            "models": [
+                {"model_id": "bagging-0", "weight": 1},
+                {"model_id": "stacking", "weight": 1},
+            ],
+            "control": "bagging-0",
+            "guardrails": {"latency_p95_ms": 0.01, "min_samples": 20},
+        },
+    )
+    deadline = time.monotonic() + 60
+    answers: list[Answer] = []
+    while time.monotonic() < deadline:
+        answers += concurrently(server, image_png, name, 24, clients=4)
+        described = admin_request(
+            server.url, server.admin_password, "GET", f"/api/v1/experiments/{name}"
+        )[1]
+        if described["status"] == "rolled_back":
+            break
+    decided = time.monotonic()
+    assert described["status"] == "rolled_back", described
+    decision = described["decision"]
+    assert decision["by"] == "guardian" and decision["model"] == "bagging-0"
+    assert "stacking latency p95" in decision["reason"]
+    assert all(a.status == 200 for a in answers)
+    served_stacking = sum(a.arm == "stacking" for a in answers)
+    assert served_stacking >= 20, "rolled back before the guardrail's min_samples"
+
+    time.sleep(TTL_S + MARGIN_S)
+    later = watch(server, image_png, name, until=time.monotonic() + WATCH_S)
+    assert later and {(a.status, a.arm) for a in later} == {(200, "bagging-0")}
+    pids = worker_of(server, [a.request_id for a in later])
+    assert set(pids.values()) == set(server.worker_pids()), "one worker saw no traffic"
+    events = results(server, name)["events"]
+    rollbacks = [e for e in events if e["kind"] == "rolled_back"]
+    # Known defect (issue 9 note): both workers can record the rollback event; the decision
+    # and the routing are right, the event list may hold it twice.
+    assert rollbacks and {e["actor"] for e in rollbacks} == {"guardian"}
+    log.info(
+        "rolled back after %d requests (%d on stacking); checked %.1f s later",
+        len(answers),
+        served_stacking,
+        time.monotonic() - decided,
+    )
