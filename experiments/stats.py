@@ -699,6 +699,13 @@ def _sequential_halfwidth_one_sided(s2: float, n: float, alpha: float, tuning: f
     return math.sqrt(s2 * 2.0 * nr2p1 / (n * rho) ** 2 * log_term)
 
 
+def _defined(estimate: float | None, se: float | None, n: int | None) -> bool:
+    """A sequential bound needs a finite estimate, a positive finite se and at least one unit."""
+    if estimate is None or se is None or n is None or n < 1:
+        return False
+    return math.isfinite(estimate) and math.isfinite(se) and se > 0.0
+
+
 def sequential_bound(
     estimate: float,
     se: float,
@@ -718,9 +725,7 @@ def sequential_bound(
     if side != "two" and alpha >= 0.5:
         # gbstats: ALPHA_GREATER_THAN_0.5_FOR_SEQUENTIAL_ONE_SIDED_TEST
         raise ValueError(f"one-sided sequential tests need alpha < 0.5, got {alpha!r}")
-    if estimate is None or se is None or n is None or n < 1:
-        return None, None
-    if not (math.isfinite(estimate) and math.isfinite(se)) or se <= 0.0:
+    if not _defined(estimate, se, n):
         return None, None
     s2 = se * se * n
     if side == "two":
@@ -750,9 +755,7 @@ def sequential_p_value(
     so ``p < alpha`` exactly when ``sequential_bound(..., alpha=alpha)`` excludes ``null``.
     Computed in logs so a huge statistic gives 0.0 rather than overflowing.
     """
-    if estimate is None or se is None or n is None or n < 1:
-        return None
-    if not (math.isfinite(estimate) and math.isfinite(se)) or se <= 0.0:
+    if not _defined(estimate, se, n):
         return None
     rho = sequential_rho(alpha, tuning, two_sided=True)
     statistic = (estimate - null) ** 2 * n / se**2
