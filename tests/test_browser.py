@@ -167,6 +167,10 @@ def open_session(browser: Browser, live_server: LiveServer) -> Iterator[Callable
 
     yield open_one
     for context in contexts:
+        # Let late asset loads (an error page's favicon) finish first: a response the browser
+        # abandons mid-send leaves werkzeug's open static file to the garbage collector.
+        for page in context.pages:
+            page.wait_for_load_state("networkidle")
         context.close()
 
 
