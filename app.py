@@ -44,6 +44,7 @@ _ENV_KEYS = (
     "ARTIFACT_ROOT",
     "LOG_LEVEL",
     "DECISION_INTERVAL",
+    "CLIENT_LABEL_CAP",
 )
 
 
@@ -79,6 +80,8 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
         DEFINITIONS_TTL=1.0,
         #: How often (seconds) a worker may evaluate one experiment's guardrails and canary.
         DECISION_INTERVAL=1.0,
+        #: Counted verdicts one client (client id or signed cookie) may give per experiment.
+        CLIENT_LABEL_CAP=50,
         WTF_CSRF_TIME_LIMIT=None,  # a result page left open for hours can still take feedback
         SESSION_COOKIE_SAMESITE="Lax",
     )
@@ -92,6 +95,10 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
     config["DECISION_INTERVAL"] = _number(
         "DECISION_INTERVAL", config["DECISION_INTERVAL"], 0.0, 3600.0
     )
+    cap = _number("CLIENT_LABEL_CAP", config["CLIENT_LABEL_CAP"], 1, 1_000_000_000)
+    if cap != int(cap):
+        raise ConfigError(f"CLIENT_LABEL_CAP must be a whole number, got {cap!r}")
+    config["CLIENT_LABEL_CAP"] = int(cap)
     config["LOG_LEVEL"] = str(config["LOG_LEVEL"]).strip().upper()
     if config["LOG_LEVEL"] not in logging.getLevelNamesMapping():
         raise ConfigError(
@@ -174,6 +181,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         ttl=app.config["DEFINITIONS_TTL"],
         inline_after=bool(app.testing),
         decision_interval=app.config["DECISION_INTERVAL"],
+        client_label_cap=app.config["CLIENT_LABEL_CAP"],
     )
     app.extensions[EXTENSION] = services
     services.definitions.ensure_builtins(app.config["AB_SPLIT"])

@@ -1,25 +1,32 @@
 """Consistent hashing of clients onto arms, with minimal movement when the weights change.
 
-Every client id hashes to a fixed point in [0, 1) (:func:`bucket`); an experiment owns a partition
-of [0, 1) into ranges, one or more per arm (:data:`Segments`), and a client is served by the arm
-whose range holds its point (:func:`arm_for`). Changing the weights (:func:`rebalance`) trims only
-the arms that lose share and hands exactly the freed ranges to the arms that gain, so a client
-moves only when its arm shrank, and then only to an arm that grew: a 10% → 20% canary ramp moves
-about 10% of clients, all of them to the canary, and nobody else.
+Every client id maps to a fixed point in [0, 1) (:func:`bucket`): the top 53 bits of
+HMAC-SHA256 keyed by the experiment's own random server secret (``experiments.assignment_key``,
+32 bytes made when the experiment is created and never shown). Without the key nobody can tell
+which arm an id lands in, so a client cannot pick its arm by choosing ids; with it the point is
+the same on every request, so assignment stays sticky, and separate keys make a client's arms
+independent across experiments. An experiment owns a partition of [0, 1) into ranges, one or
+more per arm (:data:`Segments`), and a client is served by the arm whose range holds its point
+(:func:`arm_for`). Changing the weights (:func:`rebalance`) trims only the arms that lose share
+and hands exactly the freed ranges to the arms that gain, so a client moves only when its arm
+shrank, and then only to an arm that grew: a 10% → 20% canary ramp moves about 10% of clients,
+all of them to the canary, and nobody else.
 
-The built-in ``ab`` experiment keeps the first release's assignment bit for bit: its namespace is
-``"chorus-ab-v1:"`` and its segments put Boosting on ``[0, AB_SPLIT)``, so "bucket < AB_SPLIT means
-Boosting" still holds (:func:`client_bucket` and :func:`assign_arm` remain as thin wrappers).
+The first release hashed ``"chorus-ab-v1:" + id`` with plain sha256: the namespace is public,
+so anyone could compute an id's arm and forge a result. That formula is gone; the built-in
+``ab`` got a random key in migration 0003, so its clients were reassigned once. Its segments
+still put Boosting on ``[0, AB_SPLIT)`` (:func:`ab_segments`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import logging
 import math
 import numbers
-import random
+import secrets
 from collections.abc import Mapping, Sequence
 
 log = logging.getLogger(__name__)
@@ -39,25 +46,30 @@ AB_SEGMENT_ORDER: tuple[str, str] = ("boosting", "bagging")
 TOLERANCE = 1e-12
 """Share differences below this are float rounding, not a change of weights."""
 
-# Different prefixes, so the stored hash of an id cannot be used to recompute its arm bucket and
-# changing the assignment namespace (a new experiment) does not change stored hashes.
-_AB_NAMESPACE = "chorus-ab-v1:"
-_EXPERIMENT_NAMESPACE = "chorus-exp-v1:"
+#: Bytes of a per-experiment assignment key: as long as HMAC-SHA256's output (RFC 2104's minimum).
+KEY_BYTES = 32
+# The stored client hash is a different function (plain sha256 with its own prefix), so the
+# stored hash of an id never reveals its bucket, and a new key does not change stored hashes.
 _STORAGE_NAMESPACE = "chorus-client-v1:"
 
 
-def bucket(namespace: str, client_id: str) -> float:
-    """Map a client id to a uniform point in [0, 1) that never changes for that namespace."""
-    digest = hashlib.sha256((namespace + client_id).encode("utf-8")).digest()
+def new_key() -> bytes:
+    """A fresh random assignment key for a new experiment (secrets: unpredictable)."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def check_key(key: bytes) -> bytes:
+    """Refuse keys too short to be secret, so a bug cannot silently make arms guessable."""
+    if not isinstance(key, bytes | bytearray) or len(key) < 16:
+        raise ValueError("an assignment key must be at least 16 random bytes")
+    return bytes(key)
+
+
+def bucket(key: bytes, client_id: str) -> float:
+    """Map a client id to a uniform point in [0, 1) that only the key's holder can compute."""
+    digest = hmac.new(check_key(key), client_id.encode("utf-8"), hashlib.sha256).digest()
     # The top 53 bits fit a float exactly, so the result is uniform and strictly below 1.0.
     return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
-
-
-def experiment_namespace(name: str) -> str:
-    """Give each experiment its own hash space, so a client's arms are independent across them."""
-    if name == "ab":
-        return _AB_NAMESPACE  # first-release compatibility: existing clients keep their arm
-    return f"{_EXPERIMENT_NAMESPACE}{name}:"
 
 
 def validate_weights(weights: Mapping[str, float]) -> dict[str, float]:
@@ -261,7 +273,7 @@ def hash_client_id(client_id: str) -> str:
     return hashlib.sha256((_STORAGE_NAMESPACE + client_id).encode("utf-8")).hexdigest()
 
 
-# First-release API, kept until every caller routes through experiments.routers.
+# The built-in ``ab`` split.
 
 
 def _validate_share(boosting_share: float) -> float:
@@ -287,32 +299,7 @@ def ab_segments(boosting_share: float) -> Segments:
 
 @functools.lru_cache(maxsize=32)
 def _ab_segments(share: float) -> Segments:
-    """Cached, since :func:`assign_arm` asks for the same split on every request."""
+    """Cached: the same split is asked for often (a copy is handed out)."""
     return initial_segments(
         {"bagging": 1.0 - share, "boosting": share}, order=list(AB_SEGMENT_ORDER)
     )
-
-
-def client_bucket(client_id: str) -> float:
-    """Map a client id to its fixed point in [0, 1) for the built-in ``ab`` experiment."""
-    return bucket(_AB_NAMESPACE, client_id)
-
-
-def assign_arm(
-    client_id: str | None,
-    boosting_share: float = 0.5,
-    rng: random.Random | None = None,
-) -> str:
-    """Return "bagging" or "boosting": sticky for a known client id, random otherwise.
-
-    ``boosting_share`` is P(boosting) (``AB_SPLIT``). An empty or blank client id counts as
-    unknown, so it does not pin every anonymous caller to one arm. Without ``rng`` the module-level
-    ``random`` functions are used because Python reseeds them after ``fork`` (gunicorn's preload),
-    whereas a private ``random.Random`` made at import would repeat the same draws in every worker.
-    """
-    segments = _ab_segments(_validate_share(boosting_share))
-    if client_id is None or not client_id.strip():
-        draw = rng.random() if rng is not None else random.random()
-    else:
-        draw = client_bucket(client_id)
-    return arm_for(segments, draw)

@@ -8,9 +8,10 @@ database: the caller passes what the router declares it needs — a cluster-wide
 
 State is ``{"segments": {arm: [[low, high], ...]}, "weights": {arm: weight}}``. Routers that split
 traffic by share (``weighted``, ``random``, ``round_robin``, ``canary``) hash a known client onto
-the segments (:mod:`experiments.assignment`), so a client keeps its arm, and a reweighting
-(:func:`reweighted_state`) moves only the clients it must. The other routers keep
-``{"segments": {}, "weights": {}}``.
+the segments with the experiment's secret assignment key (:mod:`experiments.assignment`; the
+caller passes ``key`` to :func:`build_router`), so a client keeps its arm but cannot choose it,
+and a reweighting (:func:`reweighted_state`) moves only the clients it must. The other routers
+keep ``{"segments": {}, "weights": {}}``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from experiments.assignment import (
     Segments,
     arm_for,
     bucket,
-    experiment_namespace,
+    check_key,
     initial_segments,
     rebalance,
     shares,
@@ -113,7 +114,14 @@ class _SplitRouter:
     needs_stats: ClassVar[str | None] = None
     shadows: tuple[str, ...] = ()
 
-    def __init__(self, name: str, arms: Sequence[str], segments: Segments, sticky: bool = True):
+    def __init__(
+        self,
+        name: str,
+        arms: Sequence[str],
+        segments: Segments,
+        sticky: bool = True,
+        key: bytes | None = None,
+    ):
         self.name = name
         self.arms = tuple(arms)
         self.sticky = bool(sticky)
@@ -123,20 +131,36 @@ class _SplitRouter:
             raise ValueError(f"segments name arms {sorted(unknown)} that are not in {self.arms}")
         if not any(self.segments.values()):
             raise ValueError("segments hold no range; give at least one arm a weight > 0")
-        self.namespace = experiment_namespace(name)
+        #: The experiment's secret; None only for routers built to read shares, never to route.
+        self._key = None if key is None else check_key(key)
+
+    def __repr__(self) -> str:
+        """Never the key: a router may end up in a log line or a traceback."""
+        return f"{type(self).__name__}(name={self.name!r}, arms={self.arms!r})"
 
     @classmethod
-    def from_definition(cls, definition: Mapping[str, Any], state: Mapping[str, Any]) -> Any:
-        """Build from a normalised definition and its state."""
+    def from_definition(
+        cls, definition: Mapping[str, Any], state: Mapping[str, Any], key: bytes | None = None
+    ) -> Any:
+        """Build from a normalised definition, its state and its assignment key."""
         return cls(
-            _name(definition), served_arms(definition), state["segments"], definition["sticky"]
+            _name(definition),
+            served_arms(definition),
+            state["segments"],
+            definition["sticky"],
+            key=key,
         )
 
     def route(self, ctx: RoutingContext) -> Route:
-        """Sticky by hash for a known client; otherwise a draw with the same shares."""
+        """Sticky by keyed hash for a known client; otherwise a draw with the same shares."""
         client_id = ctx.client_id
         if self.sticky and client_id is not None and _known(client_id):
-            return Route(arm_for(self.segments, bucket(self.namespace, client_id)), (), "sticky")
+            if self._key is None:
+                raise ValueError(
+                    f"experiment {self.name} has no assignment key, so it cannot route sticky "
+                    "clients; build the router with the experiment's assignment_key"
+                )
+            return Route(arm_for(self.segments, bucket(self._key, client_id)), (), "sticky")
         return self._anonymous(ctx)
 
     def _anonymous(self, ctx: RoutingContext) -> Route:
@@ -193,9 +217,10 @@ class CanaryRouter(_SplitRouter):
         step: float | None = None,
         maximum: float = 100.0,
         sticky: bool = True,
+        key: bytes | None = None,
     ):
         arms = (baseline, canary)
-        super().__init__(name, arms, segments, sticky)
+        super().__init__(name, arms, segments, sticky, key=key)
         self.baseline = baseline
         self.canary = canary
         self.percentage = float(percentage)
@@ -203,8 +228,10 @@ class CanaryRouter(_SplitRouter):
         self.maximum = float(maximum)
 
     @classmethod
-    def from_definition(cls, definition: Mapping[str, Any], state: Mapping[str, Any]) -> Any:
-        """Build from a normalised canary definition and its state."""
+    def from_definition(
+        cls, definition: Mapping[str, Any], state: Mapping[str, Any], key: bytes | None = None
+    ) -> Any:
+        """Build from a normalised canary definition, its state and its assignment key."""
         return cls(
             _name(definition),
             definition["baseline_model"],
@@ -214,6 +241,7 @@ class CanaryRouter(_SplitRouter):
             definition.get("step_percentage"),
             definition.get("max_percentage", 100.0),
             definition["sticky"],
+            key=key,
         )
 
     def ramp_step(self) -> float | None:
@@ -255,8 +283,10 @@ class FeatureBasedRouter:
         self.sticky = bool(sticky)
 
     @classmethod
-    def from_definition(cls, definition: Mapping[str, Any], state: Mapping[str, Any]) -> Any:
-        """Build from a normalised feature_based definition (state is unused)."""
+    def from_definition(
+        cls, definition: Mapping[str, Any], state: Mapping[str, Any], key: bytes | None = None
+    ) -> Any:
+        """Build from a normalised feature_based definition (state and key are unused)."""
         rules = [(rule["condition"], rule["model"]) for rule in definition["rules"]]
         return cls(
             _name(definition),
@@ -311,8 +341,10 @@ class BanditRouter:
         self.sticky = False
 
     @classmethod
-    def from_definition(cls, definition: Mapping[str, Any], state: Mapping[str, Any]) -> Any:
-        """Build from a normalised bandit definition (rewards come per request in the context)."""
+    def from_definition(
+        cls, definition: Mapping[str, Any], state: Mapping[str, Any], key: bytes | None = None
+    ) -> Any:
+        """Build from a normalised bandit definition (rewards come per request; no hashing)."""
         return cls(
             _name(definition),
             served_arms(definition),
@@ -376,8 +408,10 @@ class LatencyRouter:
         self.sticky = False
 
     @classmethod
-    def from_definition(cls, definition: Mapping[str, Any], state: Mapping[str, Any]) -> Any:
-        """Build from a normalised latency_based definition."""
+    def from_definition(
+        cls, definition: Mapping[str, Any], state: Mapping[str, Any], key: bytes | None = None
+    ) -> Any:
+        """Build from a normalised latency_based definition (no key: it does not hash clients)."""
         return cls(
             _name(definition),
             served_arms(definition),
@@ -429,8 +463,10 @@ class ShadowRouter:
         self.sticky = False
 
     @classmethod
-    def from_definition(cls, definition: Mapping[str, Any], state: Mapping[str, Any]) -> Any:
-        """Build from a normalised shadow definition."""
+    def from_definition(
+        cls, definition: Mapping[str, Any], state: Mapping[str, Any], key: bytes | None = None
+    ) -> Any:
+        """Build from a normalised shadow definition (no key: it does not hash clients)."""
         return cls(
             _name(definition),
             definition["default_model"],
@@ -463,7 +499,7 @@ ROUTERS: dict[str, type] = {
 
 
 def _name(definition: Mapping[str, Any]) -> str:
-    """The experiment's name, which namespaces its client hashing."""
+    """The experiment's name (routers report it; its key, not its name, drives the hashing)."""
     name = definition.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError("the definition needs the experiment's name to route")
@@ -494,7 +530,7 @@ def _split_weights(definition: Mapping[str, Any]) -> tuple[dict[str, float], lis
         return {arm: 1.0 / len(arms) for arm in arms}, arms
     weights = {arm: float(definition["weights"][arm]) for arm in arms}
     if definition.get("name") == "ab" and sorted(arms) == sorted(AB_SEGMENT_ORDER):
-        return weights, list(AB_SEGMENT_ORDER)  # first-release compatibility
+        return weights, list(AB_SEGMENT_ORDER)  # the first release's layout: Boosting first
     return weights, arms
 
 
@@ -596,10 +632,16 @@ def apply_patch(
     return new_definition, new_state
 
 
-def build_router(definition: Mapping[str, Any], state: Mapping[str, Any]) -> Router:
-    """Build the router a definition describes; empty state means a fresh experiment."""
+def build_router(
+    definition: Mapping[str, Any], state: Mapping[str, Any], key: bytes | None = None
+) -> Router:
+    """Build the router a definition describes; empty state means a fresh experiment.
+
+    ``key`` is the experiment's secret ``assignment_key``: required to route sticky clients,
+    not to read shares (reports and the definition service build key-less routers for that).
+    """
     cls = ROUTERS[_kind(definition)]
     if not state or (cls.kind in SPLIT_KINDS and not state.get("segments")):
         state = initial_state(definition)
-    router: Router = cls.from_definition(definition, state)
+    router: Router = cls.from_definition(definition, state, key=key)
     return router

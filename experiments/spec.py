@@ -329,7 +329,7 @@ def _promotion_criteria(value: Any) -> dict[str, Any]:
     criteria = dict(DEFAULT_PROMOTION_CRITERIA)
     if value is None:
         return criteria
-    given = _mapping(value, "promotion_criteria", tuple(DEFAULT_PROMOTION_CRITERIA))
+    given = _mapping(value, "promotion_criteria", (*DEFAULT_PROMOTION_CRITERIA, "max_samples"))
     if given.get("metric") is not None:
         if given["metric"] not in PROMOTION_METRICS:
             raise SpecError(
@@ -348,6 +348,14 @@ def _promotion_criteria(value: Any) -> dict[str, Any]:
     if given.get("min_samples") is not None:
         criteria["min_samples"] = _integer(
             given["min_samples"], "promotion_criteria.min_samples", 1, MAX_COUNT, example="1000"
+        )
+    if given.get("max_samples") is not None:
+        criteria["max_samples"] = _integer(
+            given["max_samples"],
+            "promotion_criteria.max_samples",
+            criteria["min_samples"],
+            MAX_COUNT,
+            example="20000 (stop as inconclusive after that many labelled canary outcomes)",
         )
     return criteria
 

@@ -103,7 +103,7 @@ RESERVED_NAMES = frozenset(
     [s.name for s in BUILTIN_ENSEMBLES] + [AB.name, "ensemble", "experiment", "predict", "admin"]
 )
 #: ``ab``'s arms, Bagging (the control) then Boosting; its definition at creation (Boosting's
-#: share from ``AB_SPLIT``, the first release's assignment) is ``experiments.spec.ab_definition``.
+#: share from ``AB_SPLIT``, Boosting's range first) is ``experiments.spec.ab_definition``.
 AB_ARMS: tuple[str, str] = (BAGGING.name, BOOSTING.name)
 
 

@@ -63,14 +63,16 @@ def build_services(
     ttl: float = 1.0,
     inline_after: bool = False,
     decision_interval: float = 1.0,
+    client_label_cap: int | None = None,
 ) -> Services:
     """The prediction service, the definition service and the reports over one engine.
 
     ``inline_after`` runs shadows in the request that closes (tests, CLI) rather than on the
     process's background thread; ``decision_interval`` is how often (seconds) the guardian may
-    evaluate one experiment in this process."""
+    evaluate one experiment in this process; ``client_label_cap`` is how many counted verdicts
+    one client may contribute to one experiment (``CLIENT_LABEL_CAP``; None: no cap)."""
     engine = ExperimentEngine(db, lambda: models.bundle, ttl=ttl)
-    recorder = Recorder(db)
+    recorder = Recorder(db, client_label_cap=client_label_cap)
     deferred = DeferredRunner(inline=inline_after)
     definitions = DefinitionService(db=db, engine=engine, bundle=lambda: models.bundle)
     guardian = Guardian(db, definitions, interval=decision_interval, deferred=deferred)

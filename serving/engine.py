@@ -194,7 +194,7 @@ class ExperimentEngine:
             router = self._routers.get(key)
             if router is None:
                 try:
-                    router = build_router(row.definition, row.state or {})
+                    router = build_router(row.definition, row.state or {}, key=row.assignment_key)
                 except Exception as exc:  # a stored definition this code cannot build
                     broken[row.name] = f"experiment {row.name} cannot be routed: {exc}"
                     log.exception("experiment %s: router build failed", row.name)

@@ -25,3 +25,7 @@ class Conflict(ServingError):
 
 class Unavailable(ServingError):
     """No model is loaded, or the ensemble could not answer (HTTP 503)."""
+
+
+class TooManyRequests(ServingError):
+    """The caller reached a limit, e.g. the verdicts kept for one prediction (HTTP 429)."""

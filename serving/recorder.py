@@ -14,8 +14,10 @@ log = logging.getLogger(__name__)
 class Recorder:
     """Writes predictions and feedback through the store, never holding a lock for long."""
 
-    def __init__(self, db: Store) -> None:
+    def __init__(self, db: Store, client_label_cap: int | None = None) -> None:
         self.db = db
+        #: Counted verdicts one client may contribute per experiment (None: no cap).
+        self.client_label_cap = client_label_cap
 
     def prediction(self, **fields: Any) -> None:
         """Store one served (or failed) prediction in the caller's thread session."""
@@ -30,6 +32,16 @@ class Recorder:
         """A stored prediction with its feedback, or None."""
         return store.get_prediction(self.db.sessions(), prediction_id)
 
-    def feedback(self, prediction: store.Prediction, true_class_index: int) -> bool:
-        """Store the true class; True when the prediction was right."""
-        return store.record_feedback(self.db.sessions(), prediction, true_class_index).correct
+    def feedback(self, prediction: store.Prediction, true_class_index: int) -> store.Verdict:
+        """Keep a client's verdict; it counts if it is the first and its client is under the cap."""
+        return store.record_feedback(
+            self.db.sessions(), prediction, true_class_index, cap=self.client_label_cap
+        )
+
+    def correction(
+        self, prediction: store.Prediction, true_class_index: int, actor: str, note: str | None
+    ) -> store.Verdict:
+        """Replace the effective verdict with an admin's, kept with who and when."""
+        return store.correct_feedback(
+            self.db.sessions(), prediction, true_class_index, actor=actor, note=note
+        )

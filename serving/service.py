@@ -29,8 +29,9 @@ from models.tensor import to_tensor
 from serving.contract import STORED_FIELDS, prediction_body
 from serving.deferred import DeferredRunner
 from serving.engine import ExperimentEngine, LiveExperiment
-from serving.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from serving.errors import Conflict, InvalidRequest, NotFound, TooManyRequests, Unavailable
 from serving.recorder import Recorder
+from store.feedback import FeedbackLimitReached, Verdict
 from store.models import new_id
 
 log = logging.getLogger(__name__)
@@ -355,17 +356,50 @@ class PredictionService:
                 "feedback on the new prediction."
             )
 
-    def record_verdict(self, prediction: Any, label: Any) -> bool:
-        """Store the true class for a loaded prediction; True if the prediction was right."""
+    def record_verdict(self, prediction: Any, label: Any) -> Verdict:
+        """Keep a client's true class for a loaded prediction (``store.feedback``'s rules: the
+        first verdict counts, later or over-the-cap ones are kept uncounted); 429 past the
+        per-prediction limit."""
         self.check_answered(prediction)
         true_class_index = parse_label(label, tuple(prediction.probabilities or ()))
-        correct = self.recorder.feedback(prediction, true_class_index)
+        try:
+            verdict = self.recorder.feedback(prediction, true_class_index)
+        except FeedbackLimitReached as exc:
+            raise TooManyRequests(
+                f"Prediction {prediction.id} already has {exc.limit} verdicts, the most kept for "
+                "one prediction, so this one was not recorded. Its first verdict stands; if it "
+                "is wrong, ask an admin to correct it."
+            ) from exc
         log.info(
-            "feedback on %s: true class %d, correct=%s", prediction.id, true_class_index, correct
+            "feedback on %s: true class %d, correct=%s, counted=%s (%s)",
+            prediction.id,
+            true_class_index,
+            verdict.correct,
+            verdict.counted,
+            verdict.outcome,
+        )
+        if verdict.counted:
+            self.on_outcome(prediction.experiment)
+        return verdict
+
+    def feedback(self, prediction_id: str, label: Any) -> Verdict:
+        """Record the true class (name or index) of a prediction's image, by its id."""
+        return self.record_verdict(self.find_prediction(prediction_id), label)
+
+    def correct(
+        self, prediction_id: str, label: Any, actor: str, note: str | None = None
+    ) -> Verdict:
+        """An admin's correction: it replaces the effective verdict, kept with who and when."""
+        prediction = self.find_prediction(prediction_id)
+        self.check_answered(prediction)
+        true_class_index = parse_label(label, tuple(prediction.probabilities or ()))
+        verdict = self.recorder.correction(prediction, true_class_index, actor, note)
+        log.info(
+            "feedback on %s corrected by %s: true class %d, correct=%s",
+            prediction.id,
+            actor,
+            true_class_index,
+            verdict.correct,
         )
         self.on_outcome(prediction.experiment)
-        return correct
-
-    def feedback(self, prediction_id: str, label: Any) -> bool:
-        """Record the true class (name or index) of a prediction's image; True if it was right."""
-        return self.record_verdict(self.find_prediction(prediction_id), label)
+        return verdict

@@ -1,13 +1,16 @@
 """Persistence (SQLAlchemy 2), so views and services never write SQL themselves.
 
 Predictions and their feedback; created ensembles, experiments and their events
-(``store.definitions``); statistics inputs aggregated in SQL (``store.queries``); the schema
-from Alembic migrations (``store.migrate``, ``store/migrations/``). Nothing here needs Flask
-except ``init_app``/``get_session``/``get_store``: a service opens its own with ``open_store``.
+(``store.definitions``); statistics inputs aggregated in SQL (``store.queries``, and per
+randomisation unit in ``store.units``); the schema from Alembic migrations (``store.migrate``,
+``store/migrations/``). Nothing here needs Flask except ``init_app``/``get_session``/
+``get_store``: a service opens its own with ``open_store``.
 
-Feedback policy: one row per prediction (``feedback.prediction_id`` is unique) and the latest
-answer wins: a second verdict for the same prediction overwrites the first, so a person who
-clicked the wrong button can correct it and a prediction is never counted twice in the stats.
+Feedback policy (``store.feedback``): ``feedback`` holds one effective verdict per prediction
+(what statistics read) and ``feedback_events`` every submission with its time. The first client
+verdict counts and later ones are only kept, so a client cannot flip a result; an admin
+correction replaces the effective verdict and is recorded with who and when; one client's
+counted verdicts per experiment are capped.
 """
 
 from store.db import Store, open_store, ping
@@ -24,6 +27,16 @@ from store.definitions import (
     update_experiment,
 )
 from store.errors import ConcurrentChangeError, DefinitionNotFound, NameTakenError, StoreError
+from store.feedback import (
+    FeedbackLimitReached,
+    Verdict,
+    correct_feedback,
+    feedback_conflicts,
+    feedback_corrections,
+    feedback_counts,
+    feedback_history,
+    record_feedback,
+)
 from store.migrate import current_revision, head_revision, upgrade
 from store.models import (
     Base,
@@ -31,6 +44,7 @@ from store.models import (
     ExperimentEvent,
     ExperimentRow,
     Feedback,
+    FeedbackEvent,
     Prediction,
 )
 from store.queries import (
@@ -40,16 +54,18 @@ from store.queries import (
     arm_outcomes,
     get_prediction,
     latency_window,
+    recent_latencies,
     recent_predictions,
-    record_feedback,
     records_by,
     reward_window,
+    routing_scope,
     shadow_outcomes,
     shadows_of,
     strategy_latencies,
     strategy_outcomes,
     total_predictions,
 )
+from store.units import unit_outcomes, unit_scopes, unit_series
 
 __all__ = [
     "Base",
@@ -59,19 +75,27 @@ __all__ = [
     "ExperimentEvent",
     "ExperimentRow",
     "Feedback",
+    "FeedbackEvent",
+    "FeedbackLimitReached",
     "NameTakenError",
     "Prediction",
     "Store",
+    "Verdict",
     "StoreError",
     "accuracy_points",
     "add_prediction",
     "arm_latencies",
     "arm_outcomes",
+    "correct_feedback",
     "create_definition",
     "current_revision",
     "delete_definition",
     "ensure_builtin_experiment",
     "experiment_events",
+    "feedback_conflicts",
+    "feedback_corrections",
+    "feedback_counts",
+    "feedback_history",
     "get_ensemble",
     "get_experiment",
     "get_prediction",
@@ -84,15 +108,20 @@ __all__ = [
     "next_ticket",
     "open_store",
     "ping",
+    "recent_latencies",
     "recent_predictions",
     "record_feedback",
     "records_by",
     "reward_window",
+    "routing_scope",
     "shadow_outcomes",
     "shadows_of",
     "strategy_latencies",
     "strategy_outcomes",
     "total_predictions",
+    "unit_outcomes",
+    "unit_scopes",
+    "unit_series",
     "update_ensemble_status",
     "update_experiment",
     "upgrade",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import secrets
 import zlib
 from datetime import datetime
 from typing import Any, Literal
@@ -40,6 +41,8 @@ EXPERIMENT_CHANGES = frozenset(
 )
 #: First key of the Postgres advisory locks on names (the second is the name's CRC-32).
 _PG_NAME_LOCK_SPACE = 0x43484F53
+#: Bytes of a fresh assignment key (``experiments.assignment.KEY_BYTES``).
+ASSIGNMENT_KEY_BYTES = 32
 #: Column widths the values must fit on Postgres (SQLite would silently store longer ones).
 _WIDTHS = {"name": 64, "actor": 64, "kind": 32, "router": 32, "control": 64, "model_version": 64}
 
@@ -111,8 +114,13 @@ def create_definition(
     control: str | None = None,
     model_version: str | None = None,
     builtin: bool = False,
+    assignment_key: bytes | None = None,
 ) -> EnsembleRow | ExperimentRow:
-    """Store a new ensemble or experiment and its 'created' event; a taken name raises."""
+    """Store a new ensemble or experiment and its 'created' event; a taken name raises.
+
+    An experiment's ``assignment_key`` (its secret for sticky assignment) is drawn at random
+    here unless the caller drew it; the event never records it.
+    """
     for field, value in (
         ("name", name),
         ("actor", actor),
@@ -139,6 +147,10 @@ def create_definition(
     elif kind == "experiment":
         if not router or not control:
             raise ValueError("an experiment needs a router and a control")
+        if assignment_key is None:
+            assignment_key = secrets.token_bytes(ASSIGNMENT_KEY_BYTES)
+        if not isinstance(assignment_key, bytes) or len(assignment_key) < 16:
+            raise ValueError("an experiment's assignment_key must be at least 16 random bytes")
         status = status or "running"
         _check_status(status, EXPERIMENT_STATUSES, kind)
         row = ExperimentRow(
@@ -151,6 +163,7 @@ def create_definition(
             rr_counter=0,
             revision=1,
             builtin=builtin,
+            assignment_key=assignment_key,
             created_by=actor,
             created_at=now,
             updated_at=now,
@@ -370,8 +383,10 @@ def ensure_builtin_experiment(
     state: dict[str, Any],
     control: str,
     actor: str = "system",
+    assignment_key: bytes | None = None,
 ) -> ExperimentRow:
-    """Create a built-in experiment (e.g. ``ab``) unless it exists; an existing one is kept."""
+    """Create a built-in experiment (e.g. ``ab``) unless it exists; an existing one is kept
+    (with its key: a restart never reassigns clients)."""
     existing = get_experiment(session, name)
     if existing is not None:
         return existing
@@ -386,6 +401,7 @@ def ensure_builtin_experiment(
             state=state,
             control=control,
             builtin=True,
+            assignment_key=assignment_key,
         )
     except NameTakenError:
         existing = get_experiment(session, name)  # another worker created it a moment ago

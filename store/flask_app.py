@@ -42,8 +42,6 @@ def get_session() -> Session:
     return get_store().sessions()
 
 
-
-
 @click.command("init-db")
 @click.option("--reset", is_flag=True, help="Drop every table first (deletes all records).")
 @click.option("--yes", is_flag=True, help="Do not ask before --reset.")

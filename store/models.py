@@ -1,4 +1,5 @@
-"""The tables: predictions and their feedback, and the ensembles, experiments and events as data."""
+"""The tables: predictions, their feedback (effective verdicts and every submission), and the
+ensembles, experiments and events as data."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -25,6 +27,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 ENSEMBLE_STATUSES = ("active", "paused")
 #: An experiment's statuses (DESIGN.md "Experiment lifecycle").
 EXPERIMENT_STATUSES = ("running", "paused", "completed", "rolled_back")
+#: Who gave a verdict: the client holding the prediction id, or an authenticated admin.
+FEEDBACK_SOURCES = ("client", "admin")
 
 
 def utcnow() -> datetime:
@@ -117,7 +121,11 @@ class Prediction(Base):
 
 
 class Feedback(Base):
-    """The true class of a prediction's image; unique per prediction, the latest answer wins."""
+    """The effective verdict on a prediction, the one statistics read: unique per prediction.
+
+    It is the first client verdict that counted, or the latest admin correction; every
+    submission, counted or not, is kept in ``feedback_events`` (``FeedbackEvent``).
+    """
 
     __tablename__ = "feedback"
 
@@ -127,10 +135,44 @@ class Feedback(Base):
     )
     true_class_index: Mapped[int]
     correct: Mapped[bool]
-    #: When the (latest) answer was given.
+    #: When the effective verdict was given (the first client verdict, or the correction).
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prediction: Mapped[Prediction] = relationship(back_populates="feedback", lazy="raise")
+
+
+class FeedbackEvent(Base):
+    """One verdict as submitted, with its time: the history that a flipped verdict cannot erase."""
+
+    __tablename__ = "feedback_events"
+    __table_args__ = (
+        # What the per-client cap counts: a unit's counted verdicts within one experiment.
+        Index("ix_feedback_events_scope_client_hash", "scope", "client_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prediction_id: Mapped[str] = mapped_column(
+        String(32),
+        ForeignKey("predictions.id", ondelete="CASCADE", name="fk_feedback_events_prediction_id"),
+        index=True,
+    )
+    true_class_index: Mapped[int]
+    #: Whether the prediction's answer was the submitted class.
+    correct: Mapped[bool]
+    #: ``client`` (anyone holding the prediction id) or ``admin`` (a correction).
+    source: Mapped[str] = mapped_column(String(8))
+    #: The admin's user name for a correction; NULL for client verdicts.
+    actor: Mapped[str | None] = mapped_column(String(64))
+    #: The prediction's client (its randomisation unit), whose contribution the cap limits.
+    client_hash: Mapped[str | None] = mapped_column(String(64))
+    #: The statistics the verdict feeds: the prediction's experiment, else its strategy.
+    scope: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Whether this submission set the effective verdict when it arrived (false: a later client
+    #: verdict, or one over the per-client cap).
+    counted: Mapped[bool] = mapped_column(Boolean)
+    #: Why it did or did not count, or the admin's reason for a correction.
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 class EnsembleRow(Base):
@@ -170,6 +212,9 @@ class ExperimentRow(Base):
     #: Bumped on every change, so a worker's cache and a PATCH can tell they are stale.
     revision: Mapped[int] = mapped_column(default=1, server_default=text("1"))
     builtin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The secret HMAC key of sticky assignment (``experiments.assignment``): random, made at
+    #: creation, never changed, and never part of any answer, event, report, log or page.
+    assignment_key: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

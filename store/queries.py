@@ -1,7 +1,9 @@
 """Predictions, feedback and the statistics inputs, in portable SQLAlchemy (SQLite and Postgres).
 
 Shadow runs (``shadow_of`` set) are never served: the first release's readers below and the
-per-arm aggregates skip them; ``shadow_outcomes`` and ``shadows_of`` read them.
+per-arm aggregates skip them; ``shadow_outcomes`` and ``shadows_of`` read them. Verdicts are
+written by ``store.feedback`` (``record_feedback``, ``correct_feedback``); the aggregates here
+read the effective verdict (``feedback``), never the history.
 """
 
 from __future__ import annotations
@@ -10,11 +12,10 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, selectinload
 
-from store.models import Feedback, Prediction, utcnow
+from store.models import Feedback, Prediction
 
 AB = "ab"
 #: ``route_reason`` of requests that no router decided (the experiment was paused or decided).
@@ -46,34 +47,6 @@ def get_prediction(session: Session, prediction_id: str) -> Prediction | None:
         .options(selectinload(Prediction.feedback))
     )
     return session.scalars(query).one_or_none()
-
-
-def record_feedback(session: Session, prediction: Prediction, true_class_index: int) -> Feedback:
-    """Store the true class for a prediction; a later answer overwrites an earlier one."""
-    correct = prediction.class_index == true_class_index
-    for attempt in range(2):
-        existing = session.scalars(
-            select(Feedback).where(Feedback.prediction_id == prediction.id)
-        ).one_or_none()
-        if existing is None:
-            row = Feedback(
-                prediction_id=prediction.id, true_class_index=true_class_index, correct=correct
-            )
-            session.add(row)
-        else:
-            row = existing
-            row.true_class_index = true_class_index
-            row.correct = correct
-            row.created_at = utcnow()
-        try:
-            session.commit()
-            return row
-        except IntegrityError:
-            # Another worker inserted feedback for this prediction first: update theirs instead.
-            session.rollback()
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
 
 
 def _record(row: Any) -> dict[str, Any]:
@@ -216,15 +189,23 @@ def arm_outcomes(
     after it (the sample-ratio check counts traffic since the shares last changed);
     ``routed_only`` leaves out requests a paused or decided experiment sent to one model.
     """
-    conditions = _served_by(experiment)
+    return _outcomes(
+        session, Prediction.arm, [*_served_by(experiment), routing_scope(since, routed_only)]
+    )
+
+
+def routing_scope(since: datetime | None = None, routed_only: bool = False) -> ColumnElement[bool]:
+    """Which of an experiment's rows ``arm_outcomes`` counts (shared with ``store.units``):
+    made at or after ``since``; with ``routed_only``, routed by the router, not by a pause or a
+    decision."""
+    conditions: list[ColumnElement[bool]] = []
     if since is not None:
-        conditions = [*conditions, Prediction.created_at >= since]
+        conditions.append(Prediction.created_at >= since)
     if routed_only:
-        conditions = [
-            *conditions,
-            or_(Prediction.route_reason.is_(None), Prediction.route_reason.not_in(FIXED_ROUTES)),
-        ]
-    return _outcomes(session, Prediction.arm, conditions)
+        conditions.append(
+            or_(Prediction.route_reason.is_(None), Prediction.route_reason.not_in(FIXED_ROUTES))
+        )
+    return and_(true(), *conditions)
 
 
 def strategy_outcomes(session: Session) -> dict[str, dict[str, Any]]:
@@ -290,6 +271,24 @@ def strategy_latencies(session: Session, limit: int | None = None) -> dict[str, 
 def latency_window(session: Session, experiment: str, window: int) -> dict[str, list[float]]:
     """Each arm's last ``window`` successful served latencies: what latency_based routes by."""
     return _latencies(session, Prediction.arm, _served_by(experiment), window)
+
+
+def recent_latencies(
+    session: Session, experiment: str, arms: list[str], limit: int
+) -> dict[str, list[float]]:
+    """Each arm's newest ``limit`` successful served latencies (ms), newest first: one LIMIT
+    query per arm down the (experiment, arm, created_at) index, so it costs the same at a
+    million rows as at a thousand."""
+    latencies = {}
+    for arm in arms:
+        query = (
+            select(Prediction.latency_ms)
+            .where(*_served_by(experiment), Prediction.arm == arm, Prediction.error.is_(None))
+            .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+            .limit(limit)
+        )
+        latencies[arm] = [float(v) for v in session.scalars(query)]
+    return latencies
 
 
 def reward_window(session: Session, experiment: str, window: int) -> dict[str, tuple[int, int]]:

@@ -97,8 +97,11 @@ def test_cascade_exits_early_and_reports_members_used(api, client, image_png):
 
 
 def test_cascade_without_threshold_chooses_one_on_the_blend_split(api):
-    body = {"name": "cas", "aggregation": "cascade",
-            "models": [{"model_id": "bagging-0"}, {"model_id": "bagging-1"}]}
+    body = {
+        "name": "cas",
+        "aggregation": "cascade",
+        "models": [{"model_id": "bagging-0"}, {"model_id": "bagging-1"}],
+    }
     created = api("POST", URL, body).get_json()
     assert 0 < created["threshold"] <= 1
     assert created["threshold_sweep"] and "blend" in created["threshold_chosen_on"]
@@ -115,51 +118,147 @@ BAD_BODIES = [
     ({"name": "ok", "models": "bagging"}, "models"),
     ({"name": "ok", "models": ["bagging"]}, "models[0]"),
     ({"name": "ok", "models": [{"model_id": "nope"}]}, "models[0].model_id"),
-    ({"name": "ok", "models": [{"model_id": "bagging"}, {"model_id": "bagging"}]},
-     "models[1].model_id"),
+    (
+        {"name": "ok", "models": [{"model_id": "bagging"}, {"model_id": "bagging"}]},
+        "models[1].model_id",
+    ),
     ({"name": "ok", "models": [{"model_id": "bagging", "weight": -1}]}, "models[0].weight"),
     ({"name": "ok", "models": [{"model_id": "bagging", "weight": True}]}, "models[0].weight"),
     ({"name": "ok", "models": [{"model_id": "bagging", "extra": 1}]}, "models[0].extra"),
     ({"name": "ok", "aggregation": "median", "models": [{"model_id": "bagging"}]}, "aggregation"),
-    ({"name": "ok", "aggregation": "weighted_average", "models": [{"model_id": "bagging"}]},
-     "models[0].weight"),
-    ({"name": "ok", "aggregation": "cascade", "threshold": 0,
-      "models": [{"model_id": "bagging"}]}, "threshold"),
-    ({"name": "ok", "aggregation": "cascade", "threshold": "high",
-      "models": [{"model_id": "bagging"}]}, "threshold"),
+    (
+        {"name": "ok", "aggregation": "weighted_average", "models": [{"model_id": "bagging"}]},
+        "models[0].weight",
+    ),
+    (
+        {
+            "name": "ok",
+            "aggregation": "cascade",
+            "threshold": 0,
+            "models": [{"model_id": "bagging"}],
+        },
+        "threshold",
+    ),
+    (
+        {
+            "name": "ok",
+            "aggregation": "cascade",
+            "threshold": "high",
+            "models": [{"model_id": "bagging"}],
+        },
+        "threshold",
+    ),
     ({"name": "ok", "threshold": 0.5, "models": [{"model_id": "bagging"}]}, "threshold"),
     ({"name": "ok", "aggregation": "stacking", "models": [{"model_id": "bagging"}]}, "models"),
     ({"name": "ok", "strategy": "teleport", "models": [{"model_id": "bagging"}]}, "strategy"),
-    ({"name": "ok", "strategy": "ensemble", "canary_percentage": 5,
-      "models": [{"model_id": "bagging"}]}, "canary_percentage"),
-    ({"name": "ok", "strategy": "weighted", "models": [{"model_id": "bagging", "weight": 1}]},
-     "models"),
-    ({"name": "ok", "strategy": "weighted",
-      "models": [{"model_id": "bagging", "weight": 0}, {"model_id": "boosting", "weight": 0}]},
-     "weight"),
-    ({"name": "ok", "strategy": "canary", "baseline_model": "bagging", "canary_model": "nope",
-      "models": [{"model_id": "bagging"}, {"model_id": "boosting"}]}, "canary_model"),
-    ({"name": "ok", "strategy": "canary", "baseline_model": "bagging", "canary_model": "boosting",
-      "canary_percentage": 101, "models": [{"model_id": "bagging"}, {"model_id": "boosting"}]},
-     "canary_percentage"),
-    ({"name": "ok", "strategy": "feature_based", "default_model": "bagging",
-      "rules": [{"condition": "width >", "model": "boosting"}],
-      "models": [{"model_id": "bagging"}, {"model_id": "boosting"}]}, "rules[0].condition"),
-    ({"name": "ok", "strategy": "feature_based", "default_model": "bagging",
-      "rules": [{"condition": "__import__('os').system('x')", "model": "boosting"}],
-      "models": [{"model_id": "bagging"}, {"model_id": "boosting"}]}, "rules[0].condition"),
-    ({"name": "ok", "strategy": "bandit", "algorithm": "ucb",
-      "models": [{"model_id": "bagging"}, {"model_id": "boosting"}]}, "algorithm"),
-    ({"name": "ok", "strategy": "bandit", "sticky": True,
-      "models": [{"model_id": "bagging"}, {"model_id": "boosting"}]}, "sticky"),
-    ({"name": "ok", "strategy": "shadow", "default_model": "bagging", "shadow_models": [],
-      "models": [{"model_id": "bagging"}, {"model_id": "boosting"}]}, "shadow_models"),
-    ({"name": "ok", "strategy": "weighted", "guardrails": {"latency_p95_ms": -1},
-      "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}]},
-     "guardrails.latency_p95_ms"),
-    ({"name": "ok", "strategy": "weighted", "control": "stacking",
-      "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}]},
-     "control"),
+    (
+        {
+            "name": "ok",
+            "strategy": "ensemble",
+            "canary_percentage": 5,
+            "models": [{"model_id": "bagging"}],
+        },
+        "canary_percentage",
+    ),
+    (
+        {"name": "ok", "strategy": "weighted", "models": [{"model_id": "bagging", "weight": 1}]},
+        "models",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "weighted",
+            "models": [{"model_id": "bagging", "weight": 0}, {"model_id": "boosting", "weight": 0}],
+        },
+        "weight",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "canary",
+            "baseline_model": "bagging",
+            "canary_model": "nope",
+            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+        },
+        "canary_model",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "canary",
+            "baseline_model": "bagging",
+            "canary_model": "boosting",
+            "canary_percentage": 101,
+            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+        },
+        "canary_percentage",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "feature_based",
+            "default_model": "bagging",
+            "rules": [{"condition": "width >", "model": "boosting"}],
+            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+        },
+        "rules[0].condition",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "feature_based",
+            "default_model": "bagging",
+            "rules": [{"condition": "__import__('os').system('x')", "model": "boosting"}],
+            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+        },
+        "rules[0].condition",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "bandit",
+            "algorithm": "ucb",
+            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+        },
+        "algorithm",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "bandit",
+            "sticky": True,
+            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+        },
+        "sticky",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "shadow",
+            "default_model": "bagging",
+            "shadow_models": [],
+            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+        },
+        "shadow_models",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "weighted",
+            "guardrails": {"latency_p95_ms": -1},
+            "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}],
+        },
+        "guardrails.latency_p95_ms",
+    ),
+    (
+        {
+            "name": "ok",
+            "strategy": "weighted",
+            "control": "stacking",
+            "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}],
+        },
+        "control",
+    ),
 ]
 
 
@@ -217,8 +316,10 @@ def test_unknown_names_answer_404(api):
 
 def test_delete_refuses_built_ins_and_models_in_use(api, client, image_png):
     assert api("POST", URL, LIGHT_VOTE).status_code == 201
-    experiment = {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 1},
-                                         {"model_id": "light-vote", "weight": 1}]}
+    experiment = {
+        **WEIGHTED,
+        "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "light-vote", "weight": 1}],
+    }
     assert api("POST", URL, experiment).status_code == 201
     response = api("DELETE", f"{URL}/light-vote")
     assert response.status_code == 409 and "used by w" in response.get_json()["error"]
@@ -264,9 +365,14 @@ def test_bad_patches_are_400(api, patch, field):
 
 
 def test_canary_percentage_ramp_moves_only_clients_to_the_canary(api, client, image_png):
-    body = {"name": "can", "strategy": "canary", "baseline_model": "bagging",
-            "canary_model": "boosting", "canary_percentage": 10,
-            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}]}
+    body = {
+        "name": "can",
+        "strategy": "canary",
+        "baseline_model": "bagging",
+        "canary_model": "boosting",
+        "canary_percentage": 10,
+        "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+    }
     assert api("POST", URL, body).status_code == 201
     ids = [f"client-{i}" for i in range(300)]
     before = {i: predict(client, image_png, "can", client_id=i).get_json()["arm"] for i in ids}
@@ -281,8 +387,10 @@ def test_canary_percentage_ramp_moves_only_clients_to_the_canary(api, client, im
 
 
 def test_pause_serves_the_control_and_resume_restores_the_router(api, client, image_png):
-    body = {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 0},
-                                   {"model_id": "boosting", "weight": 1}]}
+    body = {
+        **WEIGHTED,
+        "models": [{"model_id": "bagging", "weight": 0}, {"model_id": "boosting", "weight": 1}],
+    }
     api("POST", URL, body)
     assert api("PATCH", "/api/v1/experiments/w", {"status": "paused"}).get_json()["status"] == (
         "paused"
@@ -303,8 +411,10 @@ def test_pause_serves_the_control_and_resume_restores_the_router(api, client, im
 def test_decisions_route_everything_to_one_model_and_freeze_the_report(
     api, client, image_png, verb, payload, status, winner
 ):
-    body = {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 1},
-                                   {"model_id": "boosting", "weight": 1}]}
+    body = {
+        **WEIGHTED,
+        "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}],
+    }
     api("POST", URL, body)
     for i in range(6):
         predict(client, image_png, "w", client_id=f"c{i}")
@@ -331,9 +441,13 @@ def test_promote_needs_one_of_the_experiments_models(api):
 
 
 def test_shadow_runs_are_stored_linked_and_share_the_feedback(api, client, image_png):
-    body = {"name": "sh", "strategy": "shadow", "default_model": "bagging",
-            "shadow_models": ["stacking", "boosting"],
-            "models": [{"model_id": "bagging"}, {"model_id": "stacking"}, {"model_id": "boosting"}]}
+    body = {
+        "name": "sh",
+        "strategy": "shadow",
+        "default_model": "bagging",
+        "shadow_models": ["stacking", "boosting"],
+        "models": [{"model_id": "bagging"}, {"model_id": "stacking"}, {"model_id": "boosting"}],
+    }
     assert api("POST", URL, body).status_code == 201
     served = [predict(client, image_png, "sh").get_json() for _ in range(3)]
     assert {s["arm"] for s in served} == {"bagging"}
@@ -349,10 +463,16 @@ def test_shadow_runs_are_stored_linked_and_share_the_feedback(api, client, image
 
 
 def test_feature_rules_route_by_request_features(api, client, image_png):
-    body = {"name": "fb", "strategy": "feature_based", "default_model": "bagging",
-            "rules": [{"condition": "segment == 'enterprise'", "model": "stacking"},
-                      {"condition": "format == 'png' and width < 100", "model": "boosting"}],
-            "models": [{"model_id": "bagging"}, {"model_id": "stacking"}, {"model_id": "boosting"}]}
+    body = {
+        "name": "fb",
+        "strategy": "feature_based",
+        "default_model": "bagging",
+        "rules": [
+            {"condition": "segment == 'enterprise'", "model": "stacking"},
+            {"condition": "format == 'png' and width < 100", "model": "boosting"},
+        ],
+        "models": [{"model_id": "bagging"}, {"model_id": "stacking"}, {"model_id": "boosting"}],
+    }
     assert api("POST", URL, body).status_code == 201
     enterprise = predict(client, image_png, "fb", features='{"segment": "enterprise"}')
     assert enterprise.get_json()["arm"] == "stacking"
@@ -381,8 +501,9 @@ def test_srm_counts_only_traffic_since_the_shares_last_changed(api, client, imag
     for i in range(10):
         predict(client, image_png, "w", client_id=f"early-{i}")
     api("PATCH", "/api/v1/experiments/w", {"weights": {"bagging": 1, "boosting": 1}})
-    arms = [predict(client, image_png, "w", client_id=f"late-{i}").get_json()["arm"]
-            for i in range(40)]
+    arms = [
+        predict(client, image_png, "w", client_id=f"late-{i}").get_json()["arm"] for i in range(40)
+    ]
     results = api("GET", "/api/v1/experiments/w/results").get_json()
     assert results["srm_since"] is not None
     assert results["arms"]["bagging"]["served"] == 10 + arms.count("bagging")  # all-time
@@ -394,15 +515,45 @@ def test_srm_counts_only_traffic_since_the_shares_last_changed(api, client, imag
     )
 
 
-HOSTILE_VALUES = [None, -1, 1e308, True, "", [], {}, [1], {"a": 1}, "ü" * 300,
-                  {"model_id": 3}, [{"model_id": None}], [{"model_id": "bagging", "weight": "1"}]]
-HOSTILE_FIELDS = ["name", "strategy", "models", "aggregation", "threshold", "weights", "rules",
-                  "default_model", "shadow_models", "canary_percentage", "guardrails", "sticky",
-                  "control", "algorithm", "reward_window", "baseline_model", "canary_model"]
+HOSTILE_VALUES = [
+    None,
+    -1,
+    1e308,
+    True,
+    "",
+    [],
+    {},
+    [1],
+    {"a": 1},
+    "ü" * 300,
+    {"model_id": 3},
+    [{"model_id": None}],
+    [{"model_id": "bagging", "weight": "1"}],
+]
+HOSTILE_FIELDS = [
+    "name",
+    "strategy",
+    "models",
+    "aggregation",
+    "threshold",
+    "weights",
+    "rules",
+    "default_model",
+    "shadow_models",
+    "canary_percentage",
+    "guardrails",
+    "sticky",
+    "control",
+    "algorithm",
+    "reward_window",
+    "baseline_model",
+    "canary_model",
+]
 
 
-@pytest.mark.parametrize("strategy", ["ensemble", "weighted", "canary", "feature_based", "shadow",
-                                      "bandit"])
+@pytest.mark.parametrize(
+    "strategy", ["ensemble", "weighted", "canary", "feature_based", "shadow", "bandit"]
+)
 def test_no_body_field_value_makes_a_5xx(api, strategy):
     for n, (field, value) in enumerate(itertools.product(HOSTILE_FIELDS, HOSTILE_VALUES)):
         body = {**WEIGHTED, "name": f"h-{n}", "strategy": strategy, field: value}
@@ -440,9 +591,14 @@ def test_deeply_nested_json_is_a_400_not_a_500(client, admin_headers, image_png)
 
 
 def test_huge_weights_are_refused_rather_than_stored_as_zero(api):
-    body = {"name": "huge", "aggregation": "weighted_average",
-            "models": [{"model_id": "bagging", "weight": 1e308},
-                       {"model_id": "boosting", "weight": 1e308}]}
+    body = {
+        "name": "huge",
+        "aggregation": "weighted_average",
+        "models": [
+            {"model_id": "bagging", "weight": 1e308},
+            {"model_id": "boosting", "weight": 1e308},
+        ],
+    }
     response = api("POST", URL, body)
     assert response.status_code == 400 and "models[0].weight" in response.get_json()["error"]
 
@@ -459,8 +615,10 @@ def test_an_unknown_experiment_field_is_refused(api):
 
 
 def test_srm_ignores_traffic_a_pause_sent_to_the_control(api, client, image_png):
-    body = {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 1},
-                                   {"model_id": "boosting", "weight": 1}]}
+    body = {
+        **WEIGHTED,
+        "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}],
+    }
     api("POST", URL, body)
     for i in range(20):
         predict(client, image_png, "w", client_id=f"c{i}")
@@ -475,8 +633,10 @@ def test_srm_ignores_traffic_a_pause_sent_to_the_control(api, client, image_png)
 
 def test_srm_flags_an_arm_that_loses_its_requests_to_errors(api, client, image_png, app):
     """Served counts, as the first release: data lost to errors on one arm is a mismatch."""
-    body = {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 1},
-                                   {"model_id": "boosting", "weight": 1}]}
+    body = {
+        **WEIGHTED,
+        "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}],
+    }
     api("POST", URL, body)
     bank = app.extensions["chorus"].models.bundle.bank
     bank.fail.update(name for name in bank.names if name.startswith("boosting"))
@@ -497,8 +657,17 @@ def test_the_builtin_experiment_cannot_be_ended(api):
 
 def test_a_decided_experiments_model_cannot_be_deleted(api, client, image_png):
     api("POST", URL, LIGHT_VOTE)
-    api("POST", URL, {**WEIGHTED, "models": [{"model_id": "bagging", "weight": 1},
-                                             {"model_id": "light-vote", "weight": 1}]})
+    api(
+        "POST",
+        URL,
+        {
+            **WEIGHTED,
+            "models": [
+                {"model_id": "bagging", "weight": 1},
+                {"model_id": "light-vote", "weight": 1},
+            ],
+        },
+    )
     api("POST", "/api/v1/experiments/w/promote", {"model": "light-vote"})
     response = api("DELETE", f"{URL}/light-vote")
     assert response.status_code == 409 and "used by w" in response.get_json()["error"]

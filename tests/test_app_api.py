@@ -49,22 +49,23 @@ def test_feedback_by_name_and_by_index(client, upload, app_bundle):
     body = predict(client, upload).get_json()
     url = f"/api/v1/predictions/{body['prediction_id']}/feedback"
     right = client.post(url, json={"label": body["label"]})
-    assert right.status_code == 200 and right.get_json() == {"correct": True}
+    assert right.status_code == 200 and right.get_json() == {"correct": True, "counted": True}
     wrong_index = (body["class_index"] + 1) % len(app_bundle.classes)
     wrong = client.post(url, json={"label": wrong_index})
-    assert wrong.get_json() == {"correct": False}
+    # Judged on the submitted label, kept, but not counted: the first verdict stands.
+    assert wrong.get_json() == {"correct": False, "counted": False}
     by_name_any_case = client.post(url, json={"label": body["label"].upper()})
-    assert by_name_any_case.get_json() == {"correct": True}
+    assert by_name_any_case.get_json() == {"correct": True, "counted": False}
 
 
-def test_latest_feedback_wins(client, upload, admin_headers):
+def test_first_feedback_counts(client, upload, admin_headers):
     body = predict(client, upload, "ab").get_json()
     url = f"/api/v1/predictions/{body['prediction_id']}/feedback"
     client.post(url, json={"label": body["class_index"]})
     client.post(url, json={"label": (body["class_index"] + 1) % 10})
     arms = client.get("/api/v1/experiments/ab/results", headers=admin_headers).get_json()["arms"]
     assert arms[body["arm"]]["labelled"] == 1
-    assert arms[body["arm"]]["correct"] == 0
+    assert arms[body["arm"]]["correct"] == 1
 
 
 @pytest.mark.parametrize(
@@ -96,9 +97,10 @@ def test_feedback_rejects_bad_labels(client, upload, payload, status, message):
 @pytest.mark.parametrize("label", ["7", " 7 ", "07", "sneaker", 7])
 def test_feedback_accepts_names_and_indices_in_any_form(client, upload, label):
     body = predict(client, upload).get_json()
-    response = client.post(f"/api/v1/predictions/{body['prediction_id']}/feedback",
-                           json={"label": label})
-    assert response.get_json() == {"correct": body["class_index"] == 7}
+    response = client.post(
+        f"/api/v1/predictions/{body['prediction_id']}/feedback", json={"label": label}
+    )
+    assert response.get_json() == {"correct": body["class_index"] == 7, "counted": True}
 
 
 def test_feedback_rejects_non_json(client, upload):
@@ -121,8 +123,7 @@ def test_feedback_for_unknown_prediction_is_404(client, prediction_id, message):
 
 def test_same_client_id_always_gets_the_same_arm(client, upload):
     arms = {
-        predict(client, upload, "ab", client_id="customer-42").get_json()["arm"]
-        for _ in range(20)
+        predict(client, upload, "ab", client_id="customer-42").get_json()["arm"] for _ in range(20)
     }
     assert len(arms) == 1
 
@@ -146,19 +147,23 @@ def test_client_id_is_stored_hashed(app, client, upload):
         assert "secret-customer" not in repr([vars(r) for r in everything])
 
 
-def test_browser_cookie_and_api_client_id_hash_to_the_same_arm(client, upload):
-    """Stickiness is one function of the id, whichever way the id arrives."""
-    from experiments.assignment import assign_arm
-    from views.hooks import CLIENT_COOKIE
+def test_browser_cookie_and_api_client_id_hash_to_the_same_arm(app, client, upload):
+    """Stickiness is one function of the id (keyed by ab's secret), whichever way it arrives."""
+    import store
+    from experiments.assignment import ab_segments, arm_for, bucket
+    from views.hooks import CLIENT_COOKIE, sign_client_id
 
-    for i in range(6):
-        client_id = f"sticky-client-{i:04d}-abcdef"
-        expected = assign_arm(client_id, 0.5)
-        api = predict(client, upload, "ab", client_id=client_id).get_json()["arm"]
-        client.set_cookie(CLIENT_COOKIE, client_id)
-        page = client.post("/ab", data={"image": upload()}).get_data(as_text=True)
-        assert api == expected
-        assert f"served by <strong>{expected.capitalize()}</strong>" in page
+    with app.app_context():
+        key = store.get_experiment(store.get_session(), "ab").assignment_key
+        for i in range(6):
+            client_id = f"sticky-client-{i:04d}-abcdef"
+            expected = arm_for(ab_segments(0.5), bucket(key, client_id))
+            api = predict(client, upload, "ab", client_id=client_id).get_json()["arm"]
+            with app.test_request_context():
+                client.set_cookie(CLIENT_COOKIE, sign_client_id(client_id))
+            page = client.post("/ab", data={"image": upload()}).get_data(as_text=True)
+            assert api == expected
+            assert f"served by <strong>{expected.capitalize()}</strong>" in page
 
 
 @pytest.mark.parametrize(("split", "arm"), [(0, "bagging"), (1, "boosting"), ("0.0", "bagging")])

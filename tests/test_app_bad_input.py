@@ -69,15 +69,20 @@ BAD_INPUTS = [
     Bad("oversize", b"\x89PNG" + b"0" * 70 * 1024, 413, "larger than", "the limit is"),
     Bad("far oversize", b"\x89PNG" + b"0" * 400 * 1024, 413, "larger than", SAME),
     # Only the API and the home form take a strategy (the home form's radio defaults to bagging).
-    Bad("unknown strategy", VALID, 400, "Unknown strategy", "Not a valid choice", "random",
-        only=(API, "/predict")),
+    Bad(
+        "unknown strategy",
+        VALID,
+        400,
+        "Unknown strategy",
+        "Not a valid choice",
+        "random",
+        only=(API, "/predict"),
+    ),
     Bad("missing strategy", VALID, 400, '"strategy" is required', SAME, "", only=(API,)),
     Bad("missing csrf", VALID, 400, "", "The CSRF token is missing", csrf=True, only=tuple(FORMS)),
 ]
 CASES = [
-    pytest.param(bad, route, id=f"{route}-{bad.name}")
-    for bad in BAD_INPUTS
-    for route in bad.only
+    pytest.param(bad, route, id=f"{route}-{bad.name}") for bad in BAD_INPUTS for route in bad.only
 ]
 
 
@@ -101,4 +106,3 @@ def test_bad_input_is_a_clear_4xx(make_app, image_png, bad, route):
         assert (bad.form_message or bad.api_message) in html
     with app.app_context():
         assert store.total_predictions(store.get_session()) == 0
-

@@ -34,8 +34,12 @@ def test_upload_pages_render(client, path):
 
 def test_home_offers_the_four_choices(client):
     html = client.get("/").get_data(as_text=True)
-    for value, label in [("bagging", "Bagging"), ("boosting", "Boosting"),
-                         ("stacking", "Stacking"), ("ab", "A/B Test (Random)")]:
+    for value, label in [
+        ("bagging", "Bagging"),
+        ("boosting", "Boosting"),
+        ("stacking", "Stacking"),
+        ("ab", "A/B Test (Random)"),
+    ]:
         assert f'value="{value}"' in html and label in html
     assert 'action="/predict"' in html
 
@@ -191,10 +195,14 @@ def test_feedback_form_records_and_confirms(app, client, upload):
         wrong = (stored.class_index + 1) % 10
     data = {"no": "No", "label": str(wrong)}
     response = client.post(f"/predictions/{pid}/feedback", data=data, follow_redirects=True)
-    assert "the prediction was wrong: it was" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "Your answer (the prediction was wrong: it was" in page
+    assert "the first answer given for this prediction is the one that counts" in page
     with app.app_context():
         stored = store.get_prediction(store.get_session(), pid)
-        assert (stored.feedback.correct, stored.feedback.true_class_index) == (False, wrong)
+        assert stored.feedback.correct is True  # the first verdict stands
+        history = store.feedback_history(store.get_session(), pid)
+        assert [(e.correct, e.counted) for e in history] == [(True, True), (False, False)]
 
 
 @pytest.mark.parametrize(
@@ -224,10 +232,13 @@ def test_browser_gets_a_sticky_ab_cookie(app, client, upload):
         arms.add(re.search(r"served by <strong>(\w+)</strong>", html).group(1))
     assert len(arms) == 1
     from experiments.assignment import hash_client_id
+    from views.hooks import client_id_from_cookie
 
-    with app.app_context():
+    with app.test_request_context():
+        client_id = client_id_from_cookie(cookie.value)
+        assert client_id is not None and client_id not in (cookie.value, "")
         rows = store.recent_predictions(store.get_session())
-        assert {r.client_hash for r in rows} == {hash_client_id(cookie.value)}
+        assert {r.client_hash for r in rows} == {hash_client_id(client_id)}
 
 
 def test_api_responses_set_no_cookie(client, upload):
@@ -255,17 +266,52 @@ def test_error_pages_use_the_layout(client, method, path, status, message):
 UNKNOWN = "/predictions/" + "0" * 32
 ERROR_PAGES = [
     # (status, config, method, path, form fields, code that raises, what the page tells to do)
-    (400, {"WTF_CSRF_ENABLED": True}, "post", UNKNOWN + "/feedback", {"yes": "Yes"}, None,
-     "Reload the page and submit the form again"),
-    (403, {"ADMIN_PASSWORD": None}, "get", "/admin", None, None,
-     "set ADMIN_PASSWORD and restart the service"),
+    (
+        400,
+        {"WTF_CSRF_ENABLED": True},
+        "post",
+        UNKNOWN + "/feedback",
+        {"yes": "Yes"},
+        None,
+        "Reload the page and submit the form again",
+    ),
+    (
+        403,
+        {"ADMIN_PASSWORD": None},
+        "get",
+        "/admin",
+        None,
+        None,
+        "set ADMIN_PASSWORD and restart the service",
+    ),
     (404, {}, "get", "/no/such/page", None, None, "start from the home page"),
-    (413, {"MAX_UPLOAD_MB": 0.0625, "WTF_CSRF_ENABLED": True}, "post", UNKNOWN + "/feedback",
-     {"label": "x" * 200_000}, None, "Choose a smaller image"),
-    (500, {}, "get", UNKNOWN, None, RuntimeError("secret internals"),
-     "Try again; if it keeps happening, tell the operator the request id"),
-    (503, {}, "get", UNKNOWN, None, OperationalError("SELECT", {}, Exception("locked")),
-     "Try again in a moment; if it keeps happening, tell the operator the request id"),
+    (
+        413,
+        {"MAX_UPLOAD_MB": 0.0625, "WTF_CSRF_ENABLED": True},
+        "post",
+        UNKNOWN + "/feedback",
+        {"label": "x" * 200_000},
+        None,
+        "Choose a smaller image",
+    ),
+    (
+        500,
+        {},
+        "get",
+        UNKNOWN,
+        None,
+        RuntimeError("secret internals"),
+        "Try again; if it keeps happening, tell the operator the request id",
+    ),
+    (
+        503,
+        {},
+        "get",
+        UNKNOWN,
+        None,
+        OperationalError("SELECT", {}, Exception("locked")),
+        "Try again in a moment; if it keeps happening, tell the operator the request id",
+    ),
 ]
 
 
@@ -322,8 +368,9 @@ def selected_options(html: str) -> list[str]:
 def test_feedback_select_starts_on_a_placeholder(app, client, upload):
     """Pressing "No, it was:" untouched must not name the predicted class."""
     result = client.post("/bagging", data={"image": upload()}).get_data(as_text=True)
-    sample = client.post("/predict", data={"sample": str(gallery()[0].index),
-                                           "strategy": "boosting"}).get_data(as_text=True)
+    sample = client.post(
+        "/predict", data={"sample": str(gallery()[0].index), "strategy": "boosting"}
+    ).get_data(as_text=True)
     pid = prediction_id(result)
     stored = client.get(f"/predictions/{pid}").get_data(as_text=True)
     for html in (result, sample, stored):
@@ -331,12 +378,18 @@ def test_feedback_select_starts_on_a_placeholder(app, client, upload):
     client.post(f"/predictions/{pid}/feedback", data={"yes": "Yes", "label": ""})
     right = client.get(f"/predictions/{pid}").get_data(as_text=True)
     assert selected_options(right) == ["choose the true class"]
+    # A "No" verdict is shown on a prediction whose first verdict it is.
+    other = prediction_id(client.post("/bagging", data={"image": upload()}).get_data(as_text=True))
     with app.app_context():
-        predicted = store.get_prediction(store.get_session(), pid).class_index
+        predicted = store.get_prediction(store.get_session(), other).class_index
     wrong = (predicted + 1) % 10
-    client.post(f"/predictions/{pid}/feedback", data={"no": "No", "label": str(wrong)})
-    changed = client.get(f"/predictions/{pid}").get_data(as_text=True)
+    client.post(f"/predictions/{other}/feedback", data={"no": "No", "label": str(wrong)})
+    changed = client.get(f"/predictions/{other}").get_data(as_text=True)
     assert selected_options(changed) == [app.config["BUNDLE"].classes[wrong]]
+    # A later "No" on the first prediction is kept, but its page shows the counted "Yes".
+    client.post(f"/predictions/{pid}/feedback", data={"no": "No", "label": str(wrong)})
+    still = client.get(f"/predictions/{pid}").get_data(as_text=True)
+    assert selected_options(still) == ["choose the true class"]
 
 
 @pytest.mark.parametrize("label", ["predicted", "", None])

@@ -22,9 +22,17 @@ def test_secret_key_is_required_outside_debug_and_testing(monkeypatch, app_bundl
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("AB_SPLIT", "1.5"), ("AB_SPLIT", "-0.1"), ("AB_SPLIT", "half"), ("AB_SPLIT", "nan"),
-     ("MAX_UPLOAD_MB", "0"), ("MAX_UPLOAD_MB", "ten"), ("LOG_LEVEL", "chatty"),
-     ("DATABASE_URL", "not a url"), ("DATABASE_URL", "postgresql+nosuchdriver://u@db/x")],
+    [
+        ("AB_SPLIT", "1.5"),
+        ("AB_SPLIT", "-0.1"),
+        ("AB_SPLIT", "half"),
+        ("AB_SPLIT", "nan"),
+        ("MAX_UPLOAD_MB", "0"),
+        ("MAX_UPLOAD_MB", "ten"),
+        ("LOG_LEVEL", "chatty"),
+        ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "postgresql+nosuchdriver://u@db/x"),
+    ],
 )
 def test_bad_settings_in_the_environment_refuse_to_start(monkeypatch, make_app, key, value):
     monkeypatch.setenv(key, value)
@@ -187,9 +195,11 @@ def test_simulate_carries_on_past_one_broken_arm(app, runner, admin_headers, bre
     break_ensemble("boosting")
     result = runner.invoke(args=["simulate", "--n", "12", "--client-ids", "0"])
     assert result.exit_code == 0, result.output
-    arms = app.test_client().get(
-        "/api/v1/experiments/ab/results", headers=admin_headers
-    ).get_json()["arms"]
+    arms = (
+        app.test_client()
+        .get("/api/v1/experiments/ab/results", headers=admin_headers)
+        .get_json()["arms"]
+    )
     assert arms["boosting"]["served"] == 0 and arms["boosting"]["errors"] > 0
     assert arms["bagging"]["served"] + arms["boosting"]["errors"] == 12
     assert arms["bagging"]["labelled"] == arms["bagging"]["served"]
@@ -219,6 +229,7 @@ def test_the_routes_are_the_designed_ones(app):
         ("/predictions/<prediction_id>/feedback", "POST"),
         ("/api/v1/predict", "POST"),
         ("/api/v1/predictions/<prediction_id>/feedback", "POST"),
+        ("/api/v1/predictions/<prediction_id>/feedback", "PUT"),
         ("/api/v1/inference/ensemble", "GET"),
         ("/api/v1/inference/ensemble", "POST"),
         ("/api/v1/inference/ensemble/<name>", "GET"),
@@ -236,7 +247,10 @@ def test_the_routes_are_the_designed_ones(app):
         ("/admin/experiments", "GET"),
         ("/admin/experiments", "POST"),
         ("/admin/experiments/<name>", "GET"),
+        ("/admin/experiments/<name>/report", "GET"),
         ("/admin/experiments/<name>/<verb>", "POST"),
+        ("/admin/feedback", "GET"),
+        ("/admin/feedback", "POST"),
         ("/healthz", "GET"),
         ("/readyz", "GET"),
         ("/static/<path:filename>", "GET"),

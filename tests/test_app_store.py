@@ -82,8 +82,9 @@ def test_timestamps_come_back_in_utc(app):
         assert again.created_at.utcoffset().total_seconds() == 0
 
 
-def test_feedback_that_loses_the_insert_race_updates_the_winner(tmp_path):
-    """Two workers give feedback on one prediction at once: one row, the later answer in it."""
+def test_a_verdict_that_arrives_second_is_kept_and_the_first_counts(tmp_path):
+    """Two workers give feedback on one prediction at once: one effective verdict, the first
+    one; the second is in the history, not counted."""
     url = f"sqlite:///{tmp_path / 'race.db'}"
     ours, theirs = make_engine(url), make_engine(url)
     create_tables(ours)
@@ -93,17 +94,53 @@ def test_feedback_that_loses_the_insert_race_updates_the_winner(tmp_path):
             raced: list[bool] = []
 
             @event.listens_for(session, "before_flush")
-            def other_worker_inserts_first(*_args: object) -> None:
-                if not raced:  # between our "no feedback yet" and our INSERT
+            def other_worker_answers_first(*_args: object) -> None:
+                if not raced:  # just before our first write
                     raced.append(True)
-                    other.add(store.Feedback(prediction_id=row.id, true_class_index=1,
-                                             correct=False))
-                    other.commit()
+                    store.record_feedback(other, other.get(store.Prediction, row.id), 1)
 
-            feedback = store.record_feedback(session, row, 8)
-            assert raced and (feedback.true_class_index, feedback.correct) == (8, True)
+            verdict = store.record_feedback(session, row, 8)
+            assert raced and (verdict.true_class_index, verdict.correct) == (8, True)
+            assert (verdict.counted, verdict.outcome, verdict.effective_correct) == (
+                False,
+                "later",
+                False,
+            )
             stored = other.scalars(select(store.Feedback)).all()
-            assert [(f.true_class_index, f.correct) for f in stored] == [(8, True)]
+            assert [(f.true_class_index, f.correct) for f in stored] == [(1, False)]
+            history = store.feedback_history(other, row.id)
+            assert [(e.true_class_index, e.counted) for e in history] == [(1, True), (8, False)]
+    finally:
+        ours.dispose()
+        theirs.dispose()
+
+
+def test_feedback_that_loses_the_insert_race_is_kept_uncounted(tmp_path, monkeypatch):
+    """The other worker's first verdict commits after ours looked: our INSERT of an effective
+    verdict fails on the unique prediction id, and the retry keeps ours as a later one."""
+    import store.feedback as feedback
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    ours, theirs = make_engine(url), make_engine(url)
+    create_tables(ours)
+    real = feedback._effective
+    looks: list[bool] = []
+
+    def stale_first_look(session, prediction_id):
+        looks.append(True)
+        return None if len(looks) == 1 else real(session, prediction_id)
+
+    try:
+        with Session(ours, expire_on_commit=False) as session, Session(theirs) as other:
+            row = store.add_prediction(session, **ROW)
+            other.add(store.Feedback(prediction_id=row.id, true_class_index=1, correct=False))
+            other.commit()
+            monkeypatch.setattr(feedback, "_effective", stale_first_look)
+            verdict = store.record_feedback(session, row, 8)
+            assert len(looks) == 2 and (verdict.counted, verdict.outcome) == (False, "later")
+            stored = other.scalars(select(store.Feedback)).all()
+            assert [(f.true_class_index, f.correct) for f in stored] == [(1, False)]
+            assert [e.counted for e in store.feedback_history(other, row.id)] == [False]
     finally:
         ours.dispose()
         theirs.dispose()

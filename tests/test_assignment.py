@@ -1,6 +1,8 @@
-"""Consistent hashing onto ranges: sticky per client, minimal movement, first-release split kept."""
+"""Keyed consistent hashing onto ranges: sticky per client, unpredictable without the key,
+minimal movement, the ``ab`` layout kept."""
 
 import hashlib
+import hmac
 import math
 import random
 
@@ -8,23 +10,24 @@ import pytest
 
 from experiments.assignment import (
     ARMS,
+    KEY_BYTES,
     ab_segments,
     arm_for,
-    assign_arm,
     bucket,
-    client_bucket,
-    experiment_namespace,
     hash_client_id,
     initial_segments,
+    new_key,
     rebalance,
     shares,
 )
 
 IDS = [f"client-{i}" for i in range(20_000)]
+KEY = bytes(range(32))
 
 
 def old_bucket(client_id: str) -> float:
-    """The first release's formula, copied verbatim so compatibility is tested, not assumed."""
+    """The first release's public formula (sha256 of a namespace in the source), copied
+    verbatim so that its removal is tested, not assumed."""
     digest = hashlib.sha256(("chorus-ab-v1:" + client_id).encode("utf-8")).digest()
     return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
 
@@ -47,83 +50,77 @@ def assert_partition(segments):
     assert math.fsum(shares(segments).values()) == pytest.approx(1.0, abs=1e-12)
 
 
-# --- first-release API (thin wrappers) -----------------------------------------------------------
-
-
 def test_arms_are_bagging_then_boosting():
     assert ARMS == ("bagging", "boosting")
 
 
+# --- keyed buckets -------------------------------------------------------------------------------
+
+
+def test_bucket_is_the_top_53_bits_of_hmac_sha256_keyed_by_the_experiment_secret():
+    digest = hmac.new(KEY, b"alice", hashlib.sha256).digest()
+    assert bucket(KEY, "alice") == (int.from_bytes(digest[:8], "big") >> 11) / 2**53
+
+
 @pytest.mark.parametrize("client_id", ["alice", "client-42", "ünïcode-☃", "x" * 500])
-def test_same_client_id_always_gets_the_same_arm(client_id):
-    arms = {assign_arm(client_id, 0.5, rng=random.Random(seed)) for seed in range(1000)}
-    assert len(arms) == 1
+def test_same_key_and_id_always_give_the_same_point(client_id):
+    assert len({bucket(KEY, client_id) for _ in range(100)}) == 1
+    assert 0.0 <= bucket(KEY, client_id) < 1.0
 
 
-def test_sticky_arm_ignores_rng_and_follows_the_hash():
-    value = client_bucket("alice")
-    assert 0.0 <= value < 1.0
-    expected = "boosting" if value < 0.5 else "bagging"
-    assert assign_arm("alice", 0.5) == expected
-    assert assign_arm("alice", 0.5, rng=random.Random(0)) == expected
+def test_new_keys_are_random_and_32_bytes():
+    keys = {new_key() for _ in range(50)}
+    assert len(keys) == 50 and all(len(k) == KEY_BYTES == 32 for k in keys)
 
 
-def test_client_bucket_is_the_top_53_bits_of_a_namespaced_sha256():
-    digest = hashlib.sha256(b"chorus-ab-v1:alice").digest()
-    assert client_bucket("alice") == (int.from_bytes(digest[:8], "big") >> 11) / 2**53
+@pytest.mark.parametrize("key", [b"", b"short", "a string key of enough length", None])
+def test_short_or_missing_keys_are_refused(key):
+    with pytest.raises(ValueError, match="assignment key"):
+        bucket(key, "alice")
+
+
+def test_separate_keys_split_clients_independently():
+    first, second = new_key(), new_key()
+    one = [bucket(first, i) < 0.5 for i in IDS]
+    two = [bucket(second, i) < 0.5 for i in IDS]
+    agree = sum(a == b for a, b in zip(one, two, strict=True))
+    assert within_4_sigma(agree, len(IDS), 0.5)
+
+
+def test_the_public_first_release_formula_no_longer_predicts_the_arm():
+    """The reviewer's forgery: ids chosen to land in Boosting under the known sha256 namespace
+    land anywhere under a secret key."""
+    segments = ab_segments(0.5)
+    chosen = [i for i in IDS if old_arm(i, 0.5) == "boosting"][:2_000]
+    arms = [arm_for(segments, bucket(new_key(), i)) for i in chosen]
+    assert within_4_sigma(arms.count("boosting"), len(chosen), 0.5)
+    # Nor is a keyed point a function of the stored (public-prefix) client hash.
+    assert all(bucket(KEY, i) != old_bucket(i) for i in IDS[:100])
+
+
+def test_buckets_are_uniform():
+    values = [bucket(KEY, i) for i in IDS]
+    assert all(0.0 <= v < 1.0 for v in values)
+    for low in (0.0, 0.25, 0.5, 0.75):
+        count = sum(low <= v < low + 0.25 for v in values)
+        assert within_4_sigma(count, len(values), 0.25)
 
 
 @pytest.mark.parametrize("share", [0.5, 0.2, 0.9])
 def test_distinct_client_ids_split_by_the_configured_share(share):
-    boosting = sum(assign_arm(client_id, share) == "boosting" for client_id in IDS)
+    segments = ab_segments(share)
+    boosting = sum(arm_for(segments, bucket(KEY, i)) == "boosting" for i in IDS)
     assert within_4_sigma(boosting, len(IDS), share)
 
 
 def test_lowering_the_share_only_moves_clients_from_boosting_to_bagging():
     ids = IDS[:2_000]
-    at_half = {i for i in ids if assign_arm(i, 0.5) == "boosting"}
-    at_fifth = {i for i in ids if assign_arm(i, 0.2) == "boosting"}
+    at_half = {i for i in ids if arm_for(ab_segments(0.5), bucket(KEY, i)) == "boosting"}
+    at_fifth = {i for i in ids if arm_for(ab_segments(0.2), bucket(KEY, i)) == "boosting"}
     assert at_fifth < at_half
 
 
-@pytest.mark.parametrize("share", [0.5, 0.2])
-def test_random_assignment_with_a_seeded_rng_gives_the_split(share):
-    rng = random.Random(1234)
-    draws = [assign_arm(None, share, rng=rng) for _ in range(20_000)]
-    assert set(draws) == set(ARMS)
-    assert within_4_sigma(draws.count("boosting"), len(draws), share)
-
-
-def test_random_assignment_is_the_first_release_draw():
-    rng_a, rng_b = random.Random(7), random.Random(7)
-    draws = [assign_arm(None, 0.3, rng=rng_a) for _ in range(2_000)]
-    assert draws == ["boosting" if rng_b.random() < 0.3 else "bagging" for _ in range(2_000)]
-
-
-@pytest.mark.parametrize("client_id", ["", "   "])
-def test_blank_client_id_is_treated_as_unknown(client_id):
-    rng = random.Random(99)
-    draws = [assign_arm(client_id, 0.5, rng=rng) for _ in range(2_000)]
-    assert within_4_sigma(draws.count("boosting"), len(draws), 0.5)
-
-
-@pytest.mark.parametrize(("share", "arm"), [(0.0, "bagging"), (1.0, "boosting")])
-def test_extreme_shares_pin_every_request(share, arm):
-    rng = random.Random(3)
-    assert {assign_arm(None, share, rng=rng) for _ in range(500)} == {arm}
-    assert {assign_arm(f"c{i}", share) for i in range(500)} == {arm}
-
-
-def test_default_rng_is_used_without_one():
-    assert {assign_arm(None) for _ in range(200)} == set(ARMS)
-
-
-@pytest.mark.parametrize("share", [-0.01, 1.01, float("nan"), float("inf"), "half", None, True])
-def test_invalid_share_is_rejected(share):
-    with pytest.raises(ValueError, match="boosting_share"):
-        assign_arm("alice", share)
-    with pytest.raises(ValueError, match="boosting_share"):
-        assign_arm(None, share)
+# --- stored client hashes ------------------------------------------------------------------------
 
 
 def test_hash_client_id_is_namespaced_sha256_hex():
@@ -135,12 +132,11 @@ def test_hash_client_id_is_namespaced_sha256_hex():
 
 
 def test_stored_hash_differs_from_the_assignment_hash():
-    assignment_digest = hashlib.sha256(b"chorus-ab-v1:alice").hexdigest()
-    assert hash_client_id("alice") != assignment_digest
+    assert hash_client_id("alice") != hmac.new(KEY, b"alice", hashlib.sha256).hexdigest()
     assert hash_client_id("alice") != hashlib.sha256(b"alice").hexdigest()
 
 
-# --- ab compatibility through the new API --------------------------------------------------------
+# --- the ab layout -------------------------------------------------------------------------------
 
 AB_SHARES = [0.0, 0.1, 0.2, 0.25, 0.3, 1 / 3, 0.5, 0.7, 0.9, 0.99, 1.0] + [
     random.Random(5).random() for _ in range(20)
@@ -148,15 +144,11 @@ AB_SHARES = [0.0, 0.1, 0.2, 0.25, 0.3, 1 / 3, 0.5, 0.7, 0.9, 0.99, 1.0] + [
 
 
 @pytest.mark.parametrize("share", AB_SHARES)
-def test_ab_segments_reproduce_the_first_release_assignment(share):
+def test_ab_segments_put_boosting_first(share):
     segments = initial_segments(
         {"bagging": 1.0 - share, "boosting": share}, order=["boosting", "bagging"]
     )
     assert segments == ab_segments(share)
-    namespace = experiment_namespace("ab")
-    for client_id in IDS[:5_000]:
-        assert arm_for(segments, bucket(namespace, client_id)) == old_arm(client_id, share)
-        assert assign_arm(client_id, share) == old_arm(client_id, share)
 
 
 @pytest.mark.parametrize("share", [0.1, 0.3, 0.7, 1 / 3])
@@ -174,31 +166,10 @@ def test_bucket_just_below_the_boundary_stays_boosting():
     assert arm_for(ab_segments(share), share) == "bagging"
 
 
-# --- bucket and namespaces -----------------------------------------------------------------------
-
-
-def test_bucket_is_the_top_53_bits_of_sha256_of_namespace_and_id():
-    digest = hashlib.sha256(b"ns:alice").digest()
-    assert bucket("ns:", "alice") == (int.from_bytes(digest[:8], "big") >> 11) / 2**53
-    assert bucket("chorus-ab-v1:", "alice") == client_bucket("alice")
-
-
-def test_experiment_namespaces():
-    assert experiment_namespace("ab") == "chorus-ab-v1:"
-    assert experiment_namespace("light-vote") == "chorus-exp-v1:light-vote:"
-    # Each experiment hashes independently: agreement of halves is about 50%, not 100%.
-    first = [bucket(experiment_namespace("one"), i) < 0.5 for i in IDS]
-    second = [bucket(experiment_namespace("two"), i) < 0.5 for i in IDS]
-    agree = sum(a == b for a, b in zip(first, second, strict=True))
-    assert within_4_sigma(agree, len(IDS), 0.5)
-
-
-def test_buckets_are_uniform():
-    values = [bucket("u:", i) for i in IDS]
-    assert all(0.0 <= v < 1.0 for v in values)
-    for low in (0.0, 0.25, 0.5, 0.75):
-        count = sum(low <= v < low + 0.25 for v in values)
-        assert within_4_sigma(count, len(values), 0.25)
+@pytest.mark.parametrize("share", [-0.01, 1.01, float("nan"), float("inf"), "half", None, True])
+def test_invalid_share_is_rejected(share):
+    with pytest.raises(ValueError, match="boosting_share"):
+        ab_segments(share)
 
 
 # --- initial_segments, arm_for, shares -----------------------------------------------------------
@@ -258,8 +229,8 @@ def test_arm_for_refuses_points_outside_the_unit_interval():
 # --- rebalance: minimal movement -----------------------------------------------------------------
 
 
-def assignment(segments, namespace="chorus-exp-v1:t:"):
-    return {i: arm_for(segments, bucket(namespace, i)) for i in IDS}
+def assignment(segments, key=KEY):
+    return {i: arm_for(segments, bucket(key, i)) for i in IDS}
 
 
 def test_moving_weight_from_a_to_c_moves_only_clients_of_a_all_to_c():

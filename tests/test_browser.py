@@ -70,6 +70,8 @@ ARMS_TABLE = "Arms"
 #: The experiment the console test creates, and its title on the home page.
 FLIP = "weights-flip"
 FLIP_TITLE = "Weights flip"
+#: The experiment the report test runs and decides.
+REPORTED = "reported"
 #: Experiments whose answer says which arm served.
 EXPERIMENTS = {"ab", FLIP}
 
@@ -255,9 +257,12 @@ def check_result(page: Page, bundle: EnsembleBundle, title: str, strategy: str) 
     expect(head.locator(".eyebrow")).to_contain_text(title)
     labels = page.locator(".bar-row .bar-label").all_text_contents()
     assert labels == list(bundle.classes)  # every class, in order
-    widths = [float(w) for w in page.locator(".bar-fill").evaluate_all(
-        "bars => bars.map(b => b.getAttribute('width'))"
-    )]
+    widths = [
+        float(w)
+        for w in page.locator(".bar-fill").evaluate_all(
+            "bars => bars.map(b => b.getAttribute('width'))"
+        )
+    ]
     assert sum(widths) == pytest.approx(100.0, abs=0.1)  # the bars are the probabilities
     top = page.locator(".bar-row.top")
     expect(top).to_have_count(1)
@@ -314,9 +319,7 @@ def give_feedback(page: Page, result: dict[str, str], answer: str, classes: list
         flash = f"the prediction was wrong: it was {truth}."
     expect(page).to_have_url(re.compile(f"/predictions/{result['id']}$"))
     expect(page.get_by_role("status")).to_have_text(f"Thanks! Recorded that {flash}")
-    expect(page.locator(".card .alert")).to_contain_text(
-        f"Recorded: the true class is {truth}"
-    )
+    expect(page.locator(".card .alert")).to_contain_text(f"Recorded: the true class is {truth}")
     return truth == result["label"]
 
 
@@ -403,7 +406,8 @@ def test_every_mode_gallery_feedback_and_admin(
         answer = request.post(
             f"/api/v1/predictions/{body['prediction_id']}/feedback", data={"label": truth}
         )
-        assert answer.status == 200 and answer.json() == {"correct": truth == body["label"]}
+        assert answer.status == 200
+        assert answer.json() == {"correct": truth == body["label"], "counted": True}
     results = api_results(request, "ab", admin_headers)
     served = served_counts(results)
     assert sum(served.values()) == 25 and min(served.values()) > 0, served
@@ -422,7 +426,8 @@ def test_every_mode_gallery_feedback_and_admin(
     expect(card(admin.page, "How much more data?")).to_contain_text(
         re.compile(r"more labelled predictions per arm are\s+needed|have enough labelled")
     )
-    expect(admin.page.locator("svg.chart")).to_be_visible()  # the accuracy chart has data
+    accuracy_chart = card(admin.page, "Accuracy over labelled outcomes").locator("svg.chart")
+    expect(accuracy_chart).to_be_visible()  # the accuracy chart has data
     admin.assert_clean()
 
     if SCREENSHOT_DIR:  # more A/B traffic with feedback, so the chart and tests have data
@@ -492,12 +497,11 @@ def test_the_console_creates_an_experiment_and_its_weights_change_live(
     )
     page.get_by_role("button", name="Classify").click()
     assert check_result(page, app_bundle, FLIP_TITLE, FLIP)["arm"] == "bagging"
-    before = Counter(
-        api_predict(request, image_png, FLIP, f"client-{i}")["arm"] for i in range(59)
-    )
+    before = Counter(api_predict(request, image_png, FLIP, f"client-{i}")["arm"] for i in range(59))
     assert before == {"bagging": 59}
     assert served_counts(api_results(request, FLIP, admin_headers)) == {
-        "bagging": 60, "boosting": 0
+        "bagging": 60,
+        "boosting": 0,
     }
     page.goto(f"/admin/experiments/{FLIP}")
     assert shares_served(page) == {"bagging": "100.0%", "boosting": "0.0%"}
@@ -576,3 +580,80 @@ def test_the_forms_pass_csrf_because_it_is_enforced(
     )
     assert answer.status == 400
     assert "CSRF token is missing" in answer.text()
+
+
+def test_a_decided_experiments_report_reads_its_verdict_and_interval(
+    open_session: Callable[..., Session],
+    image_png: bytes,
+    admin_credentials: dict[str, str],
+    admin_headers: dict[str, str],
+) -> None:
+    """An experiment run through the API by sticky clients and promoted: its frozen report in
+    the console says who won and when, and draws the interval it prints (also at 390 px)."""
+    admin = open_session(http_credentials=admin_credentials)
+    page, request = admin.page, admin.page.request
+    created = request.post(
+        "/api/v1/inference/ensemble",
+        data={
+            "name": REPORTED,
+            "strategy": "weighted",
+            "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}],
+        },
+        headers=admin_headers,
+    )
+    assert created.status == 201, created.text()
+    for i in range(48):
+        body = api_predict(request, image_png, REPORTED, f"reader-{i % 24}")
+        wrong = next(c for c in body["probabilities"] if c != body["label"])
+        truth = body["label"] if i % 3 else wrong
+        answer = request.post(
+            f"/api/v1/predictions/{body['prediction_id']}/feedback", data={"label": truth}
+        )
+        assert answer.status == 200, answer.text()
+    decided = request.post(
+        f"/api/v1/experiments/{REPORTED}/promote",
+        data={"model": "boosting", "reason": "boosting answered as well"},
+        headers=admin_headers,
+    )
+    assert decided.status == 200, decided.text()
+    report = request.get(f"/api/v1/experiments/{REPORTED}/report", headers=admin_headers).json()
+    day = report["decision"]["at"][:10]
+
+    # From the experiment's page to its report by keyboard.
+    page.goto(f"/admin/experiments/{REPORTED}")
+    expect(page.locator(".decision-banner")).to_contain_text("Promoted: boosting")
+    page.get_by_role("link", name="Open the report on its own page").focus()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(f"/admin/experiments/{REPORTED}/report$"))
+    expect(page.locator(".report-verdict")).to_contain_text(
+        f"Outcome: boosting promoted on {day}. Why: boosting answered as well"
+    )
+    row = page.locator("#report-verdicts li[data-arm='boosting']")
+    comparison = report["comparisons"]["boosting"]
+    expect(row.locator(".verdict")).to_have_text(comparison["verdict"])
+    interval = row.locator(".interval-text").text_content().strip()
+    match = re.fullmatch(
+        r"([+−]?\d+\.\d) points \(always-valid 95% interval ([+−]?\d+\.\d) to ([+−]?\d+\.\d)\)",
+        interval,
+    )
+    assert match, interval
+    low, high = comparison["sequential"]["ci_low"], comparison["sequential"]["ci_high"]
+    printed = [float(g.replace("−", "-")) for g in match.groups()]
+    assert printed == pytest.approx(
+        [100 * comparison["absolute"]["difference"], 100 * low, 100 * high], abs=0.051
+    )
+    bar = row.locator("svg.interval")
+    expect(bar).to_be_visible()
+    assert "always-valid 95% interval" in bar.get_attribute("aria-label")
+    traffic = page.locator("#report-traffic tbody tr")
+    expect(traffic).to_have_count(2)
+    assert sum(int(t) for t in traffic.locator("td:nth-child(2)").all_text_contents()) == 48
+    admin.assert_clean()
+
+    # The same report on a 390 px phone: nothing wider than the screen, the bar still drawn.
+    phone = open_session(http_credentials=admin_credentials)
+    phone.page.set_viewport_size({"width": 390, "height": 844})
+    phone.page.goto(f"/admin/experiments/{REPORTED}/report")
+    assert phone.page.evaluate("document.documentElement.scrollWidth") <= 390
+    expect(phone.page.locator("#report-verdicts svg.interval").first).to_be_visible()
+    phone.assert_clean()

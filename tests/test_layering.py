@@ -15,7 +15,11 @@ def loaded_after(module: str) -> set[str]:
 
 
 BELOW_VIEWS = [
-    "serving.container", "ensembles.bundle", "ensembles.composite", "store", "models.banks"
+    "serving.container",
+    "ensembles.bundle",
+    "ensembles.composite",
+    "store",
+    "models.banks",
 ]
 
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from experiments.assignment import assign_arm
+from experiments.assignment import ab_segments, arm_for, bucket, new_key
 from experiments.routers import (
     ROUTERS,
     ArmStats,
@@ -29,6 +29,13 @@ from experiments.spec import ROUTER_KINDS, SpecError, ab_definition, parse_exper
 
 N = 20_000
 IDS = [f"client-{i}" for i in range(N)]
+#: The assignment key of the experiment each test builds (a real one is random per experiment).
+KEY = bytes(range(100, 132))
+
+
+def build(definition, state, key=KEY):
+    """``build_router`` with the test experiment's key, as the engine passes the row's."""
+    return build_router(definition, state, key=key)
 
 
 def within_4_sigma(count: int, n: int, p: float) -> bool:
@@ -40,7 +47,7 @@ def make(body: dict, models: list[str] | None = None):
     ids = models or [m["model_id"] if isinstance(m, dict) else m for m in body["models"]]
     definition = parse_experiment({"name": "exp", **body}, ids)
     state = initial_state(definition)
-    return definition, state, build_router(definition, state)
+    return definition, state, build(definition, state)
 
 
 def ctx(client_id=None, seed=0, **kwargs) -> RoutingContext:
@@ -150,24 +157,47 @@ def test_experiments_hash_independently():
     _, _, first = make({"strategy": "random", "models": ["a", "b"]})
     body = {"name": "other", "strategy": "random", "models": ["a", "b"]}
     definition = parse_experiment(body, ["a", "b"])
-    second = build_router(definition, {})
+    second = build(definition, {}, key=new_key())
     first_arms, second_arms = route_ids(first), route_ids(second)
     agree = sum(first_arms[i] == second_arms[i] for i in IDS)
     assert within_4_sigma(agree, N, 0.5)
 
 
 @pytest.mark.parametrize("share", [0.5, 0.2, 0.37, 0.0, 1.0])
-def test_builtin_ab_is_random_with_the_first_release_assignment(share):
+def test_builtin_ab_is_random_with_boosting_first_and_a_keyed_assignment(share):
     definition = ab_definition(share)
     assert definition["strategy"] == "random"
     assert definition["control"] == "bagging"
-    router = build_router(definition, initial_state(definition))
+    router = build(definition, initial_state(definition))
     assert router.expected_shares() == pytest.approx({"bagging": 1 - share, "boosting": share})
+    segments = ab_segments(share)
     for client_id, arm in route_ids(router, IDS[:5_000]).items():
-        assert arm == assign_arm(client_id, share)
+        assert arm == arm_for(segments, bucket(KEY, client_id))
     rng_a, rng_b = random.Random(3), random.Random(3)
     for _ in range(2_000):
-        assert router.route(RoutingContext(None, {}, rng_a)).arm == assign_arm(None, share, rng_b)
+        drawn = "boosting" if rng_b.random() < share else "bagging"
+        assert router.route(RoutingContext(None, {}, rng_a)).arm == drawn
+
+
+def test_sticky_routing_needs_the_key_and_never_shows_it():
+    definition, state, _ = make(WEIGHTED)
+    keyless = build_router(definition, state)  # enough for shares (reports), not to route
+    assert keyless.expected_shares() == pytest.approx({"a": 0.5, "b": 0.3, "c": 0.2})
+    with pytest.raises(ValueError, match="assignment key"):
+        keyless.route(ctx("alice"))
+    assert keyless.route(ctx(None)).arm in "abc"  # anonymous requests need no key
+    router = build(definition, state)
+    assert KEY.hex() not in repr(router) and repr(KEY) not in repr(router)  # e.g. in a log line
+
+
+def test_same_client_keeps_its_arm_under_one_key_and_not_under_a_public_formula():
+    definition, state, _ = make(WEIGHTED)
+    router, other = build(definition, state), build(definition, state, key=new_key())
+    assert route_ids(router, IDS[:2_000]) == route_ids(build(definition, state), IDS[:2_000])
+    mine, theirs = route_ids(router, IDS[:4_000]), route_ids(other, IDS[:4_000])
+    agree = sum(mine[i] == theirs[i] for i in IDS[:4_000])
+    # Same shares, independent keys: agreement is what chance gives (0.5² + 0.3² + 0.2²).
+    assert within_4_sigma(agree, 4_000, 0.38)
 
 
 def test_round_robin_is_exactly_balanced_given_tickets():
@@ -207,7 +237,7 @@ def test_canary_ramp_from_10_to_20_percent_moves_about_10_percent_all_to_the_can
     new_definition, new_state = apply_patch(definition, state, {"canary_percentage": 20})
     assert new_definition["canary_percentage"] == 20
     assert new_state["weights"] == pytest.approx({"base": 0.8, "new": 0.2})
-    after = build_router(new_definition, new_state)
+    after = build(new_definition, new_state)
     before_arms, after_arms = route_ids(router), route_ids(after)
     moved = [i for i in IDS if before_arms[i] != after_arms[i]]
     assert all(before_arms[i] == "base" and after_arms[i] == "new" for i in moved)
@@ -218,7 +248,7 @@ def test_canary_ramp_from_10_to_20_percent_moves_about_10_percent_all_to_the_can
 def test_reweighting_three_arms_moves_only_clients_of_the_shrinking_arm():
     definition, state, router = make(WEIGHTED)
     new_state = reweighted_state(definition, state, {"a": 0.3, "b": 0.3, "c": 0.4})
-    after = build_router(definition, new_state)
+    after = build(definition, new_state)
     before_arms, after_arms = route_ids(router), route_ids(after)
     moved = [i for i in IDS if before_arms[i] != after_arms[i]]
     assert all(before_arms[i] == "a" and after_arms[i] == "c" for i in moved)
@@ -251,7 +281,7 @@ def test_apply_patch_weights_updates_definition_and_state():
         definition, state, {"weights": {"a": 1, "b": 1, "c": 2}}
     )
     assert new_definition["weights"] == pytest.approx({"a": 0.25, "b": 0.25, "c": 0.5})
-    assert build_router(new_definition, new_state).expected_shares() == pytest.approx(
+    assert build(new_definition, new_state).expected_shares() == pytest.approx(
         {"a": 0.25, "b": 0.25, "c": 0.5}
     )
     assert definition["weights"] == pytest.approx({"a": 0.5, "b": 0.3, "c": 0.2})  # not mutated
@@ -298,7 +328,7 @@ def test_build_router_accepts_state_as_stored_json():
         "segments": {arm: [list(r) for r in ranges] for arm, ranges in state["segments"].items()},
         "weights": state["weights"],
     }
-    again = build_router(definition, stored)
+    again = build(definition, stored)
     assert route_ids(again, IDS[:1000]) == route_ids(router, IDS[:1000])
 
 
@@ -490,14 +520,14 @@ def test_shadow_router_defaults_to_every_request():
 
 def test_build_router_refuses_unknown_kinds_and_nameless_sticky_definitions():
     with pytest.raises(ValueError):
-        build_router({"strategy": "magic"}, {})
+        build({"strategy": "magic"}, {})
     definition, state, _ = make(WEIGHTED)
     del definition["name"]
     with pytest.raises(ValueError, match="name"):
-        build_router(definition, state)
+        build(definition, state)
 
 
 def test_state_naming_unknown_arms_is_refused():
     definition, _, _ = make(WEIGHTED)
     with pytest.raises(ValueError):
-        build_router(definition, {"segments": {"zzz": [(0.0, 1.0)]}, "weights": {}})
+        build(definition, {"segments": {"zzz": [(0.0, 1.0)]}, "weights": {}})

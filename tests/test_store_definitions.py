@@ -693,3 +693,196 @@ def test_experiment_events_table_has_no_foreign_key(session):
     session.add(ExperimentEvent(experiment="gone", kind="deleted", actor="a"))
     session.commit()
     assert [event.kind for event in store.experiment_events(session, "gone")] == ["deleted"]
+
+
+# --- verdicts: first counts, history kept, per-client cap, admin corrections --------------------
+
+
+def _events(session: Session, prediction: Prediction) -> list[tuple[int, str, bool]]:
+    return [
+        (e.true_class_index, e.source, e.counted)
+        for e in store.feedback_history(session, prediction.id)
+    ]
+
+
+def test_first_client_verdict_counts_and_later_ones_are_only_kept(session):
+    row = _predict(session, 0, "bagging", client_hash="h" * 64)
+    first = store.record_feedback(session, row, 1)
+    later = store.record_feedback(session, row, 0)
+    assert (first.correct, first.counted, first.outcome) == (True, True, "first")
+    assert (later.correct, later.counted, later.outcome) == (False, False, "later")
+    assert later.effective_correct is True
+    assert _events(session, row) == [(1, "client", True), (0, "client", False)]
+    history = store.feedback_history(session, row.id)
+    assert {(e.scope, e.client_hash) for e in history} == {("split", "h" * 64)}
+    assert store.arm_outcomes(session, "split")["bagging"]["correct"] == 1
+    assert store.feedback_counts(session) == {"counted": 1, "uncounted": 1, "corrections": 0}
+
+
+def test_a_client_counts_for_at_most_its_cap_per_experiment(session):
+    mine = [_predict(session, i, "bagging", client_hash="a" * 64) for i in range(4)]
+    other = _predict(session, 5, "boosting", client_hash="b" * 64)
+    anonymous = [_predict(session, 6 + i, "boosting") for i in range(3)]
+    elsewhere = _predict(session, 9, "bagging", client_hash="a" * 64, experiment="other")
+    counted = [store.record_feedback(session, r, 1, cap=2).counted for r in mine]
+    assert counted == [True, True, False, False]
+    assert store.record_feedback(session, mine[3], 1, cap=2).outcome == "capped"
+    assert store.record_feedback(session, other, 1, cap=2).counted
+    assert all(store.record_feedback(session, r, 1, cap=2).counted for r in anonymous)
+    assert store.record_feedback(session, elsewhere, 1, cap=2).counted
+    outcomes = store.arm_outcomes(session, "split")
+    assert (outcomes["bagging"]["labelled"], outcomes["boosting"]["labelled"]) == (2, 4)
+
+
+def test_the_cap_is_exact_under_concurrent_writers(engines):
+    workers = [engines() for _ in range(4)]
+    with Session(workers[0], expire_on_commit=False) as session:
+        rows = [_predict(session, i, "bagging", client_hash="c" * 64) for i in range(12)]
+
+    def label(index: int) -> None:
+        with Session(workers[index], expire_on_commit=False) as session:
+            for row in rows[index::4]:
+                store.record_feedback(session, session.get_one(Prediction, row.id), 1, cap=5)
+
+    assert _run_together(len(workers), label) == []
+    with Session(workers[0]) as session:
+        assert session.scalar(select(func.count()).select_from(store.Feedback)) == 5
+        assert store.feedback_counts(session)["uncounted"] == 7
+
+
+def test_concurrent_verdicts_on_one_prediction_leave_one_effective_verdict(engines):
+    workers = [engines() for _ in range(4)]
+    with Session(workers[0], expire_on_commit=False) as session:
+        row = _predict(session, 0, "bagging")
+
+    def label(index: int) -> None:
+        with Session(workers[index], expire_on_commit=False) as session:
+            store.record_feedback(session, session.get_one(Prediction, row.id), index)
+
+    assert _run_together(len(workers), label) == []
+    with Session(workers[0]) as session:
+        effective = session.scalars(select(store.Feedback)).all()
+        history = store.feedback_history(session, row.id)
+        assert len(effective) == 1 and len(history) == 4
+        assert [e.counted for e in history].count(True) == 1
+        (winner,) = [e for e in history if e.counted]
+        assert effective[0].true_class_index == winner.true_class_index
+
+
+def test_history_per_prediction_is_limited(session):
+    row = _predict(session, 0, "bagging")
+    for index in range(3):
+        store.record_feedback(session, row, index, max_submissions=3)
+    with pytest.raises(store.FeedbackLimitReached, match="3 verdicts"):
+        store.record_feedback(session, row, 1, max_submissions=3)
+    assert len(store.feedback_history(session, row.id)) == 3
+    # An admin can still correct it.
+    store.correct_feedback(session, row, 2, actor="admin")
+    assert len(store.feedback_history(session, row.id)) == 4
+
+
+def test_admin_corrections_replace_the_effective_verdict_and_are_listed(session):
+    labelled = _predict(session, 0, "bagging", client_hash="d" * 64)
+    unlabelled = _predict(session, 1, "boosting")
+    store.record_feedback(session, labelled, 1)
+    store.record_feedback(session, labelled, 0)
+    fixed = store.correct_feedback(session, labelled, 0, actor="admin", note="looked again")
+    assert (fixed.correct, fixed.counted, fixed.outcome) == (False, True, "corrected")
+    store.correct_feedback(session, unlabelled, 1, actor="ops")
+    session.expire_all()
+    assert store.get_prediction(session, labelled.id).feedback.true_class_index == 0
+    assert store.get_prediction(session, unlabelled.id).feedback.correct is True
+    assert _events(session, labelled) == [
+        (1, "client", True),
+        (0, "client", False),
+        (0, "admin", True),
+    ]
+    corrections = store.feedback_corrections(session)
+    assert [(c["event"].actor, c["prediction"].id) for c in corrections] == [
+        ("ops", unlabelled.id),
+        ("admin", labelled.id),
+    ]
+    assert corrections[1]["event"].note == "looked again"
+    conflicts = store.feedback_conflicts(session)
+    assert [c["prediction"].id for c in conflicts] == [labelled.id]
+    assert conflicts[0]["effective"].true_class_index == 0
+    assert len(conflicts[0]["events"]) == 3
+    assert store.feedback_counts(session) == {"counted": 1, "uncounted": 1, "corrections": 2}
+    assert store.arm_outcomes(session, "split")["bagging"]["correct"] == 0
+
+
+def test_verdicts_go_with_their_prediction(session):
+    row = _predict(session, 0, "bagging")
+    store.record_feedback(session, row, 1)
+    session.execute(delete(Prediction).where(Prediction.id == row.id))
+    session.commit()
+    assert session.scalar(select(func.count()).select_from(store.FeedbackEvent)) == 0
+
+
+def test_experiments_get_a_random_secret_key_the_events_never_record(session):
+    first = _experiment(session, "one")
+    second = _experiment(session, "two")
+    chosen = _experiment(session, "three", assignment_key=b"k" * 32)
+    assert len(first.assignment_key) == 32 and first.assignment_key != second.assignment_key
+    assert chosen.assignment_key == b"k" * 32
+    with pytest.raises(ValueError, match="assignment_key"):
+        _experiment(session, "four", assignment_key=b"short")
+    events = repr([(e.before, e.after) for e in store.experiment_events(session, "one")])
+    assert first.assignment_key.hex() not in events and repr(first.assignment_key) not in events
+    kept = store.ensure_builtin_experiment(
+        session,
+        "one",
+        definition={},
+        router="weighted",
+        state={},
+        control="bagging",
+        assignment_key=b"n" * 32,
+    )
+    assert kept.assignment_key == first.assignment_key  # an existing experiment keeps its key
+
+
+def test_migration_0003_keys_and_history_on_this_backend(engines):
+    """0002 with data -> 0003 on SQLite and (when configured) Postgres."""
+    from sqlalchemy import text
+
+    engine = engines()
+    drop_everything(engine)
+    upgrade(engine, "0002")
+    with engine.begin() as connection:
+        for name in ("ab", "split"):
+            connection.execute(
+                text(
+                    "INSERT INTO experiments (name, router, definition, state, status, control,"
+                    " rr_counter, revision, builtin, created_by, created_at, updated_at,"
+                    " started_at) VALUES (:name, 'weighted', '{}', '{}', 'running', 'bagging',"
+                    " 0, 1, :builtin, 'system', :t, :t, :t)"
+                ),
+                {"name": name, "builtin": name == "ab", "t": T0},
+            )
+        connection.execute(
+            text(
+                "INSERT INTO predictions (id, created_at, strategy, arm, class_index, members,"
+                " degraded, latency_ms, model_version, client_hash, image_sha256, experiment)"
+                " VALUES (:id, :t, 'split', 'bagging', 1, '[]', '[]', 1.0, 'v', :h, :s, 'split')"
+            ),
+            {"id": "p" * 32, "t": T0, "h": "h" * 64, "s": "0" * 64},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO feedback (prediction_id, true_class_index, correct, created_at)"
+                " VALUES (:id, 1, :ok, :t)"
+            ),
+            {"id": "p" * 32, "ok": True, "t": T0},
+        )
+    upgrade(engine)
+    with Session(engine) as session:
+        keys = [row.assignment_key for row in store.list_definitions(session)[1]]
+        assert len(keys) == 2 and len(set(keys)) == 2 and all(len(k) == 32 for k in keys)
+        (event,) = store.feedback_history(session, "p" * 32)
+        assert (event.source, event.counted, event.scope, event.client_hash) == (
+            "client",
+            True,
+            "split",
+            "h" * 64,
+        )
+        assert event.at == T0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from sqlalchemy import Engine, delete, inspect
 from sqlalchemy.orm import Session
 
 import store
+from experiments.routers import RoutingContext, build_router, initial_state
+from experiments.spec import ab_definition
 from store.db import make_engine
 from store.migrate import (
     FIRST_RELEASE,
@@ -69,6 +73,8 @@ CREATE TABLE feedback (
 """
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The newest revision (what every upgrade below must end at).
+HEAD = "0003"
 NEW_PREDICTION_COLUMNS = ("experiment", "members_used", "shadow_of", "route_reason", "features")
 
 #: First-release rows as its app wrote them (SQLite text timestamps, JSON as text), every kind:
@@ -236,13 +242,22 @@ def test_first_release_database_is_upgraded_in_place_keeping_every_row(tmp_path,
     engine = engines(path)
     assert current_revision(engine) is None
 
-    assert upgrade(engine) == head_revision() == "0002"
+    assert upgrade(engine) == head_revision() == HEAD
 
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == HEAD
     assert _rows(path, "predictions") == [
         row + (None,) * len(NEW_PREDICTION_COLUMNS) for row in old_predictions
     ]
     assert _rows(path, "feedback") == old_feedback
+    # Each first-release verdict is now also the counted first entry of its history.
+    assert _rows(
+        path,
+        "feedback_events",
+        "prediction_id, true_class_index, correct, source, client_hash, scope, at, counted",
+    ) == [
+        ("a" * 32, 8, 1, "client", "c" * 64, "ab", "2026-11-01 09:05:00.000000", 1),
+        ("b" * 32, 8, 0, "client", None, "ab", "2026-11-01 09:06:00.000000", 1),
+    ]
     assert _schema_diff(engine) == []
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -266,21 +281,126 @@ def test_first_release_database_is_upgraded_in_place_keeping_every_row(tmp_path,
     assert [row[1] for row in _rows(path, "feedback")] == ["b" * 32]
 
 
+def _old_ab_arm(client_id: str) -> str:
+    """The first release's public formula for ``ab`` at AB_SPLIT 0.5 (sha256, known namespace)."""
+    digest = hashlib.sha256(("chorus-ab-v1:" + client_id).encode("utf-8")).digest()
+    return "boosting" if (int.from_bytes(digest[:8], "big") >> 11) / 2**53 < 0.5 else "bagging"
+
+
+def _second_release_database(path: Path, engine: Engine) -> None:
+    """A database at 0002 with data: the first release's rows, the built-in ``ab``, a created
+    experiment with routed, labelled traffic, written with 0002's columns only."""
+    _first_release_database(path)
+    assert upgrade(engine, "0002") == "0002"
+    ab = ab_definition(0.5)
+    weighted = {**ab, "name": "split-two", "strategy": "weighted"}
+    rows = [
+        ("ab", "random", ab, 1, "system"),
+        ("split-two", "weighted", weighted, 0, "admin"),
+    ]
+    with sqlite3.connect(path) as connection:
+        for name, router, definition, builtin, actor in rows:
+            connection.execute(
+                "INSERT INTO experiments (name, router, definition, state, status, control, "
+                "rr_counter, revision, builtin, created_by, created_at, updated_at, started_at) "
+                "VALUES (?, ?, ?, ?, 'running', 'bagging', 0, 1, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    router,
+                    json.dumps(definition),
+                    json.dumps(initial_state(definition)),
+                    builtin,
+                    actor,
+                    *["2026-12-01 10:00:00.000000"] * 3,
+                ),
+            )
+        routed = list(PREDICTIONS[0])
+        routed[0], routed[2], routed[13] = "e" * 32, "split-two", "f" * 64
+        connection.execute(
+            f"INSERT INTO predictions VALUES ({','.join('?' * 16)}, 'split-two', NULL, NULL, "
+            "'sticky', NULL)",
+            routed,
+        )
+        connection.execute(
+            "INSERT INTO feedback VALUES (3, ?, 3, 0, '2026-12-01 10:01:00.000000')", ("e" * 32,)
+        )
+    connection.close()
+
+
+def test_a_0002_database_with_data_gets_secret_keys_and_a_verdict_history(tmp_path, engines):
+    path = tmp_path / "second.db"
+    engine = engines(path)
+    _second_release_database(path, engine)
+    columns = "name, router, definition, state, status, control, revision, builtin"
+    before = (
+        _rows(path, "experiments", columns),
+        _rows(path, "predictions"),
+        _rows(path, "feedback"),
+    )
+
+    assert upgrade(engine) == HEAD
+
+    assert (
+        _rows(path, "experiments", columns),
+        _rows(path, "predictions"),
+        _rows(path, "feedback"),
+    ) == before
+    keys = dict(_rows(path, "experiments", "name, assignment_key"))
+    assert set(keys) == {"ab", "split-two"}
+    assert all(isinstance(k, bytes) and len(k) == 32 for k in keys.values())
+    assert keys["ab"] != keys["split-two"]  # drawn per row, not one default for all
+    history = _rows(path, "feedback_events", "prediction_id, true_class_index, source, scope")
+    assert history == [
+        ("a" * 32, 8, "client", "ab"),
+        ("b" * 32, 8, "client", "ab"),
+        ("e" * 32, 3, "client", "split-two"),
+    ]
+    assert _schema_diff(engine) == []
+
+    # Upgrading again draws no new keys: a restart never reassigns clients.
+    assert upgrade(engine) == HEAD
+    assert dict(_rows(path, "experiments", "name, assignment_key")) == keys
+
+    # ab now routes by its key: the arm is no longer the first release's public function.
+    with Session(engine) as session:
+        row = store.get_experiment(session, "ab")
+        router = build_router(row.definition, row.state, key=row.assignment_key)
+    ids = [f"client-{i}" for i in range(4000)]
+    rng = random.Random(0)
+    agree = sum(router.route(RoutingContext(i, {}, rng)).arm == _old_ab_arm(i) for i in ids)
+    assert abs(agree - 2000) <= 4 * (4000 * 0.25) ** 0.5
+
+
+def test_downgrade_from_0003_keeps_the_effective_verdicts(tmp_path, engines):
+    path = tmp_path / "second.db"
+    engine = engines(path)
+    _second_release_database(path, engine)
+    upgrade(engine)
+    feedback = _rows(path, "feedback")
+    with migration_connection(engine) as connection:
+        command.downgrade(make_config(connection=connection), "0002")
+    assert current_revision(engine) == "0002"
+    assert _rows(path, "feedback") == feedback
+    assert "feedback_events" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    assert _schema_diff(engine) == []
+
+
 def test_upgrade_is_idempotent(tmp_path, engines):
     path = tmp_path / "first.db"
     _first_release_database(path)
     engine = engines(path)
     upgrade(engine)
     before = (_rows(path, "predictions"), _rows(path, "feedback"), _structure(path))
-    assert upgrade(engine) == "0002"
-    assert upgrade(engine) == "0002"
+    assert upgrade(engine) == HEAD
+    assert upgrade(engine) == HEAD
     assert (_rows(path, "predictions"), _rows(path, "feedback"), _structure(path)) == before
-    assert _rows(path, "alembic_version") == [("0002",)]
+    assert _rows(path, "alembic_version") == [(HEAD,)]
 
 
 def test_fresh_database_from_the_migrations_matches_the_models(tmp_path, engines):
     engine = engines(tmp_path / "fresh.db")
-    assert upgrade(engine) == "0002"
+    assert upgrade(engine) == HEAD
     assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
     assert _schema_diff(engine) == []
 
@@ -327,7 +447,7 @@ def test_other_applications_tables_are_left_alone(tmp_path, engines):
         connection.execute("INSERT INTO users VALUES (7)")
     connection.close()
     engine = engines(path)
-    assert upgrade(engine) == "0002" and _schema_diff(engine) != []  # diff: users is not ours
+    assert upgrade(engine) == HEAD and _schema_diff(engine) != []  # diff: users is not ours
     drop_everything(engine)
     assert inspect(engine).get_table_names() == ["users"]
     assert _rows(path, "users") == [(7,)]
@@ -375,9 +495,9 @@ def test_two_processes_upgrading_one_file_at_once(tmp_path, engines, first_relea
     outputs = [process.communicate(timeout=120) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
-        assert stdout.strip() == "0002"
+        assert stdout.strip() == HEAD
     engine = engines(path)
-    assert _rows(path, "alembic_version") == [("0002",)]
+    assert _rows(path, "alembic_version") == [(HEAD,)]
     assert _schema_diff(engine) == []
     if first_release:
         stamped = ["first-release database found" in stderr for _stdout, stderr in outputs]
@@ -414,7 +534,7 @@ def test_init_db_reset_drops_the_version_table_too(tmp_path):
         result = runner.invoke(args=["init-db", "--reset", "--yes"])
         assert result.exit_code == 0, result.output
         assert _rows(path, "predictions") == [] and _rows(path, "feedback") == []
-        assert _rows(path, "alembic_version") == [("0002",)]
+        assert _rows(path, "alembic_version") == [(HEAD,)]
     finally:
         app.extensions["chorus_store"].close()
 

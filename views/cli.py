@@ -25,14 +25,34 @@ bp = Blueprint("cli", __name__, cli_group=None)
 
 
 @bp.cli.command("simulate")
-@click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(1, 1_000_000),
-              help="How many A/B predictions to make.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed for the images, clients and anonymous arm draws.")
-@click.option("--client-ids", default=200, show_default=True, type=click.IntRange(0, 10**9),
-              help="Distinct simulated clients (sticky arms); 0 makes every request anonymous.")
-@click.option("--strategy", default="ab", show_default=True,
-              help="The experiment or ensemble to send the images to.")
+@click.option(
+    "--n",
+    "n",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="How many A/B predictions to make.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed for the images, clients and anonymous arm draws.",
+)
+@click.option(
+    "--client-ids",
+    default=200,
+    show_default=True,
+    type=click.IntRange(0, 10**9),
+    help="Distinct simulated clients (sticky arms); 0 makes every request anonymous.",
+)
+@click.option(
+    "--strategy",
+    default="ab",
+    show_default=True,
+    help="The experiment or ensemble to send the images to.",
+)
 def simulate_command(n: int, seed: int, client_ids: int, strategy: str) -> None:
     """Send N labelled test images through an experiment and give the true label as feedback."""
     split = samples.test_split()
@@ -71,7 +91,7 @@ def simulate_command(n: int, seed: int, client_ids: int, strategy: str) -> None:
                 log.warning("simulated request %d failed: %s", i, exc)
                 continue
             served[body["arm"]] += 1
-            correct[body["arm"]] += prediction.feedback(body["prediction_id"], label)
+            correct[body["arm"]] += prediction.feedback(body["prediction_id"], label).correct
     finally:
         service_log.setLevel(level)
     for arm in sorted(served):

@@ -34,8 +34,16 @@ from werkzeug.exceptions import (
 from ensembles.base import EnsembleError
 from experiments.spec import SpecError
 from models.preprocess import PreprocessError
-from serving.errors import Conflict, InvalidRequest, NotFound, ServingError, Unavailable
+from serving.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ServingError,
+    TooManyRequests,
+    Unavailable,
+)
 from store.errors import ConcurrentChangeError, DefinitionNotFound, NameTakenError, StoreError
+from store.feedback import FeedbackLimitReached
 
 log = logging.getLogger(__name__)
 bp = Blueprint("errors", __name__)
@@ -49,6 +57,8 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (Conflict, 409),
     (NameTakenError, 409),
     (ConcurrentChangeError, 409),
+    (TooManyRequests, 429),
+    (FeedbackLimitReached, 429),
     (Unavailable, 503),
     (EnsembleError, 503),
 )

@@ -1,4 +1,5 @@
-"""Per-request plumbing: request ids (headers and logs), the A/B client cookie, security headers."""
+"""Per-request plumbing: request ids (headers and logs), the signed A/B client cookie, the
+JSON API's refusal of cross-site browser requests, security headers."""
 
 from __future__ import annotations
 
@@ -6,14 +7,29 @@ import logging
 import re
 import secrets
 import uuid
+from urllib.parse import urlsplit
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
+from itsdangerous import BadSignature, Signer
+from werkzeug.exceptions import Forbidden
+
+log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 CLIENT_COOKIE = "chorus_client"
 _SANE_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 CLIENT_COOKIE_MAX_AGE = 365 * 24 * 3600
+#: The cookie's own salt, so no other value signed with SECRET_KEY (sessions, CSRF tokens)
+#: passes as a client id, and a client id signature is good for nothing else.
+CLIENT_COOKIE_SALT = "chorus-client-cookie-v1"
+#: Paths of the JSON API, which refuse requests a browser marks as cross-site.
+JSON_API_PREFIXES = ("/api/", "/v2/")
+#: ``Sec-Fetch-Site`` values the JSON API accepts. ``same-site`` is refused: a sibling
+#: subdomain (say, user content on another host of the same site) is a different origin that
+#: Chorus does not control, and none of Chorus's own pages calls the API from elsewhere.
+ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Only our own files, data: images (uploads shown back), no inline script or style.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -47,16 +63,81 @@ def assign_request_id() -> None:
     g.request_id = given if _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
+def _cookie_signer() -> Signer:
+    """HMAC signer keyed by the app's SECRET_KEY (the same in every worker) and our salt."""
+    return Signer(current_app.secret_key, salt=CLIENT_COOKIE_SALT, key_derivation="hmac")
+
+
+def sign_client_id(client_id: str) -> str:
+    """The cookie value for a client id: the id and its signature."""
+    return _cookie_signer().sign(client_id).decode("ascii")
+
+
+def client_id_from_cookie(value: str) -> str | None:
+    """The client id a cookie carries if we signed it; None for a forged or edited one."""
+    if not value or len(value) > 256:
+        return None
+    try:
+        client_id = _cookie_signer().unsign(value).decode("ascii")
+    except (BadSignature, UnicodeError):
+        return None
+    return client_id if _SANE_CLIENT_ID.match(client_id) else None
+
+
 def identify_client() -> None:
-    """A long-lived random browser id keeps an A/B visitor in one arm (only its hash is stored)."""
+    """A long-lived random browser id, signed, keeps an A/B visitor in one arm (only its hash
+    is stored); a cookie that does not verify is ignored and a fresh signed one issued, so a
+    client cannot choose its id (and with it its arm or its unit in the statistics)."""
     if request.path.startswith(_NO_COOKIE_PREFIXES):
         return
     cookie = request.cookies.get(CLIENT_COOKIE, "")
-    if _SANE_CLIENT_ID.match(cookie):
-        g.client_id = cookie
-    else:
-        g.client_id = secrets.token_urlsafe(24)
-        g.new_client = True
+    client_id = client_id_from_cookie(cookie)
+    if client_id is not None:
+        g.client_id = client_id
+        return
+    if cookie:
+        log.info("client cookie did not verify; issuing a fresh one")
+    g.client_id = secrets.token_urlsafe(24)
+    g.new_client = True
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin or base URL, default ports filled in; None if unusable."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None  # includes the opaque origin "null" (sandboxed frames, file: pages)
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def refuse_cross_site() -> None:
+    """Refuse JSON API requests a browser marks as coming from another site (403).
+
+    Feedback is unauthenticated and browsers resend cached Basic credentials, so a page on
+    another site must not be able to make a visitor's browser call the API. Browsers say where
+    a request comes from in ``Sec-Fetch-Site`` and ``Origin``; scripts, SDKs and tests send
+    neither and are unaffected (nothing here is a defence against them, and needs not be).
+    """
+    if not request.path.startswith(JSON_API_PREFIXES):
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.strip().lower() not in ALLOWED_FETCH_SITES:
+        raise Forbidden(
+            f"This API does not answer requests that a browser sends from another site "
+            f"(Sec-Fetch-Site: {site[:20]}). Call it from a script or server (no browser "
+            "headers), or use Chorus's own pages."
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and _origin_of(origin) != _origin_of(request.host_url):
+        raise Forbidden(
+            f"This API does not answer browser requests from another origin ({origin[:80]}); "
+            f"only pages of {request.host_url.rstrip('/')} may call it from a browser. Call it "
+            "from a script or server instead."
+        )
 
 
 def finish_response(response: Response) -> Response:
@@ -69,7 +150,7 @@ def finish_response(response: Response) -> Response:
     if g.get("new_client"):
         response.set_cookie(
             CLIENT_COOKIE,
-            g.client_id,
+            sign_client_id(g.client_id),
             max_age=CLIENT_COOKIE_MAX_AGE,
             httponly=True,
             samesite="Lax",
@@ -81,5 +162,6 @@ def finish_response(response: Response) -> Response:
 def init_app(app: Flask) -> None:
     """Register the hooks; call before CSRFProtect so even refused requests carry an id."""
     app.before_request(assign_request_id)
+    app.before_request(refuse_cross_site)
     app.before_request(identify_client)
     app.after_request(finish_response)

@@ -7,6 +7,8 @@ from typing import Any
 
 from flask import Flask, url_for
 
+from serving.reports import format_p
+from views.charts import points_text
 from views.context import services
 
 MINUS = "\u2212"  # the minus sign, as in the headings ("Boosting − Bagging"), not a hyphen
@@ -41,6 +43,33 @@ def pvalue(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def ptext(value: float | None, name: str = "p") -> str:
+    """A p-value in a sentence: "p = 0.042" or "p < 0.001", never "p = < 0.001"."""
+    return format_p(value, name)
+
+
+def points(value: float | None, digits: int = 1) -> str:
+    """An accuracy difference in points with its sign: 0.008 -> "+0.8"; None -> an em dash."""
+    return "—" if value is None else points_text(value, digits)
+
+
+def duration(seconds: float | None) -> str:
+    """3 d 4 h, 2 h 5 min, 4 min 10 s or 45 s: how long an experiment ran."""
+    if seconds is None:
+        return "—"
+    total = int(round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
+
+
 def when(value: datetime | str | None) -> str:
     """One date format on every page; ISO 8601 text (from the JSON reports) is parsed first."""
     if isinstance(value, str):
@@ -71,6 +100,6 @@ def _globals() -> dict[str, Any]:
 
 def init_app(app: Flask) -> None:
     """Register the filters and the model version every page footer shows."""
-    for function in (pct, num, ms, pvalue, when):
+    for function in (pct, num, ms, pvalue, ptext, points, duration, when):
         app.add_template_filter(function)
     app.context_processor(_globals)

@@ -1,7 +1,9 @@
-"""``/admin``: the console — overview, experiments (create, change, decide) and their results."""
+"""``/admin``: the console — overview, experiments (create, change, decide), their results, and
+feedback (verdict history and corrections)."""
 
 from flask import Blueprint
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-from views.admin import routes  # noqa: E402,F401  (routes attach themselves to bp)
+# The route modules attach themselves to bp.
+from views.admin import feedback, routes  # noqa: E402,F401

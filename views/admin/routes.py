@@ -14,7 +14,7 @@ from serving.errors import ServingError
 from views.admin import bp
 from views.admin.forms import ActionForm, ExperimentForm, MdeForm
 from views.auth import admin_required
-from views.charts import line_chart
+from views.charts import accuracy_chart, interval_bars, lift_chart
 from views.context import actor, services
 from views.errors import message_of, status_of
 
@@ -24,10 +24,13 @@ RECENT = 25
 @bp.get("")
 @admin_required
 def index() -> ResponseReturnValue:
-    """Overview: experiments, traffic per strategy, the latest predictions."""
+    """Overview, led by each experiment's verdict: then traffic per strategy, latest predictions."""
     svc = services()
+    overview = svc.reports.overview()
     return render_template(
         "admin/index.html",
+        overview=overview,
+        bars={e["name"]: interval_bars(e["comparisons"]) for e in overview},
         experiments=svc.definitions.list()["experiments"],
         stats=svc.reports.stats(svc.catalogue().names),
         recent=store.recent_predictions(svc.db.sessions(), RECENT),
@@ -106,28 +109,66 @@ def experiments() -> ResponseReturnValue:
 @bp.get("/experiments/<name>")
 @admin_required
 def experiment(name: str) -> ResponseReturnValue:
-    """Live per-arm results, comparisons, shadows, the accuracy chart and the event history."""
+    """Live verdicts, per-arm results, comparisons, guardrails, shadows, the lift and accuracy
+    charts over labelled outcomes, the event history and, once decided, the frozen report."""
     svc = services()
-    try:
-        described = svc.definitions.get(name)
-        svc.definitions.experiment(name)
-    except ServingError as exc:
-        abort(status_of(exc), description=str(exc))
+    described = _experiment_or_abort(name)
     mde_form = MdeForm(formdata=request.args)
-    status, mde = 200, 0.02
+    status, mde = 200, None
     if mde_form.validate():
-        mde = mde_form.mde.data if mde_form.mde.data is not None else mde
+        mde = mde_form.mde.data if request.args.get("mde", "").strip() else None
     else:
         status = 400
+    results = svc.reports.results(name, mde)
+    if mde is None:
+        mde_form.mde.data = results["mde"]
+    series = svc.reports.lift_series(name)
+    report = svc.reports.report(name)
     html = render_template(
         "admin/experiment.html",
         e=described,
-        r=svc.reports.results(name, mde),
-        chart=line_chart(svc.reports.accuracy_series(name)),
+        r=results,
+        bars=interval_bars(results["comparisons"]),
+        series=series,
+        lift=lift_chart(series),
+        chart=accuracy_chart(series),
+        report=report,
+        report_bars=interval_bars(report.get("comparisons", {})) if report else {},
         mde_form=mde_form,
         action=ActionForm(),
     )
     return html, status
+
+
+def _experiment_or_abort(name: str) -> dict[str, Any]:
+    """The experiment's description, or the error page (404 for an ensemble or nothing)."""
+    definitions = services().definitions
+    try:
+        described = definitions.get(name)
+        definitions.experiment(name)
+    except ServingError as exc:
+        abort(status_of(exc), description=str(exc))
+    return described
+
+
+@bp.get("/experiments/<name>/report")
+@admin_required
+def report(name: str) -> ResponseReturnValue:
+    """The post-experiment report frozen at the decision; 404 with a message before one."""
+    described = _experiment_or_abort(name)
+    body = services().reports.report(name)
+    if body is None:
+        abort(
+            404,
+            description=f"Experiment {name} has no decision yet, so there is no report; its "
+            "page shows the live results.",
+        )
+    return render_template(
+        "admin/report.html",
+        e=described,
+        report=body,
+        report_bars=interval_bars(body.get("comparisons", {})),
+    )
 
 
 def _weights_from_form(arms: list[str]) -> dict[str, float]:

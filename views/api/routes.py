@@ -61,11 +61,39 @@ def predict() -> ResponseReturnValue:
 
 @bp.post("/predictions/<prediction_id>/feedback")
 def feedback(prediction_id: str) -> ResponseReturnValue:
-    """JSON ``{"label": class name or index}`` -> ``{"correct": bool}``; latest answer wins."""
+    """JSON ``{"label": class name or index}`` -> ``{"correct": bool, "counted": bool}``.
+
+    ``correct`` judges the submitted label; ``counted`` says whether it became the verdict the
+    statistics read (only the first does, within the client's cap; every one is kept)."""
     payload = request.get_json(silent=True)
     if not isinstance(payload, dict) or "label" not in payload:
         return jsonify(error='Send JSON like {"label": "Sneaker"} or {"label": 7}.'), 400
-    return jsonify(correct=services().prediction.feedback(prediction_id, payload["label"]))
+    verdict = services().prediction.feedback(prediction_id, payload["label"])
+    return jsonify(correct=verdict.correct, counted=verdict.counted)
+
+
+@bp.put("/predictions/<prediction_id>/feedback")
+@admin_required
+def correct_feedback(prediction_id: str) -> ResponseReturnValue:
+    """Admin: JSON ``{"label", "reason"?}`` replaces the effective verdict, kept with who/when."""
+    body = _json_body()
+    if "label" not in body:
+        raise InvalidRequest(
+            'Send JSON like {"label": "Sneaker", "reason": "checked the image"}.', "label"
+        )
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise InvalidRequest('"reason" must be text (or left out).', "reason")
+    note = (reason or "").strip()[:500] or None
+    verdict = services().prediction.correct(prediction_id, body["label"], actor(), note)
+    return jsonify(
+        prediction_id=verdict.prediction_id,
+        class_index=verdict.true_class_index,
+        correct=verdict.correct,
+        counted=verdict.counted,
+        corrected_by=actor(),
+        at=verdict.at.isoformat(timespec="seconds"),
+    )
 
 
 # -- ensembles and experiments as data ----------------------------------------------------------
@@ -163,13 +191,14 @@ def stop(name: str) -> ResponseReturnValue:
     return _decide(name, "stop")
 
 
-def _mde() -> float:
+def _mde() -> float | None:
+    """``?mde=``, checked; None (the experiment's configured effect) when absent or empty."""
     from views.admin.forms import MdeForm
 
     form = MdeForm(formdata=request.args)
     if not form.validate():
         raise InvalidRequest(f"mde: {form.mde.errors[0]}", "mde")
-    return form.mde.data if form.mde.data is not None else 0.02
+    return form.mde.data if request.args.get("mde", "").strip() else None
 
 
 @bp.get("/experiments/<name>/results")
@@ -183,14 +212,16 @@ def results(name: str) -> ResponseReturnValue:
 @bp.get("/experiments/<name>/report")
 @admin_required
 def report(name: str) -> ResponseReturnValue:
-    """The results frozen at the decision; 404 before any decision."""
-    row = services().definitions.experiment(name)
-    if row.report is None:
+    """The results frozen at the decision, with dates, duration, traffic, guardrail history and
+    the outcome; 404 before any decision."""
+    services().definitions.experiment(name)  # 404 for an ensemble or nothing
+    body = services().reports.report(name)
+    if body is None:
         raise NotFound(
             f"Experiment {name} has no decision yet, so there is no report; see "
             f"/api/v1/experiments/{name}/results for live numbers."
         )
-    return jsonify(row.report)
+    return jsonify(body)
 
 
 @bp.get("/stats")

@@ -99,7 +99,7 @@ def _class_index(value: Any) -> int | None:
 
 
 class FeedbackForm(FlaskForm):
-    """"Was this right? Yes / No, it was: <class>" under a result."""
+    """The "Was this right? Yes / No, it was: <class>" form under a result."""
 
     yes = SubmitField("Yes")
     no = SubmitField("No, it was:")
@@ -115,7 +115,7 @@ class FeedbackForm(FlaskForm):
         ]
 
     def validate_label(self, field: SelectField) -> None:
-        """"No" with no class, or with the predicted one, would record nothing or a right answer."""
+        """A "No" with no class, or with the predicted one, would record nothing or a right one."""
         if not self.no.data or field.data not in (None, self.predicted):
             return
         message = "You said the prediction was wrong: choose the true class"

@@ -267,9 +267,25 @@ def feedback(prediction_id: str) -> ResponseReturnValue:
         true_index = form.label.data
     else:
         return render_prediction(stored, form, 400, "Press “Yes” or “No, it was:”.")
-    correct = prediction_service.record_verdict(stored, true_index)
-    verdict = "right" if correct else f"wrong: it was {classes[true_index]}"
-    flash(f"Thanks! Recorded that the prediction was {verdict}.", "success")
+    try:
+        recorded = prediction_service.record_verdict(stored, true_index)
+    except ServingError as exc:  # e.g. 429: the prediction holds the most verdicts kept
+        return render_prediction(stored, form, status_of(exc), str(exc))
+    verdict = "right" if recorded.correct else f"wrong: it was {classes[true_index]}"
+    if recorded.counted:
+        flash(f"Thanks! Recorded that the prediction was {verdict}.", "success")
+    elif recorded.outcome == "later":
+        flash(
+            f"Thanks! Your answer (the prediction was {verdict}) is kept, but the first answer "
+            "given for this prediction is the one that counts.",
+            "success",
+        )
+    else:
+        flash(
+            f"Thanks! Your answer (the prediction was {verdict}) is kept; this browser has "
+            "already given as many answers as count towards one comparison.",
+            "success",
+        )
     return redirect(url_for("pages.prediction", prediction_id=stored.id))
 
 
