@@ -20,6 +20,7 @@ from ensembles.bundle import EnsembleBundle
 from ensembles.cascade import CHOSEN_ON, choose_threshold
 from ensembles.composite import Node
 from ensembles.stacking import tied_meta_model
+from experiments.assignment import new_key
 from experiments.routers import apply_patch, build_router, initial_state
 from experiments.spec import SpecError, served_arms, shadow_arms
 from serving import catalogue
@@ -70,7 +71,8 @@ class DefinitionService:
 
     # -- built-ins ----------------------------------------------------------------------------
     def ensure_builtins(self, ab_split: float) -> None:
-        """Create the first release's ``ab`` experiment once, with Boosting's share AB_SPLIT."""
+        """Create the first release's ``ab`` experiment once, with Boosting's share AB_SPLIT
+        and its own secret assignment key."""
         from experiments.spec import ab_definition
 
         definition = ab_definition(ab_split)
@@ -81,6 +83,7 @@ class DefinitionService:
             router=definition["strategy"],
             state=initial_state(definition),
             control=definition["control"],
+            assignment_key=new_key(),
         )
 
     # -- create / read / delete ---------------------------------------------------------------
@@ -118,12 +121,14 @@ class DefinitionService:
         else:
             definition = parsed.definition
             state = initial_state(definition)
-            build_router(definition, state)  # a definition that cannot route fails now
+            key = new_key()  # the secret of its sticky assignment: stored, never shown
+            build_router(definition, state, key=key)  # a definition that cannot route fails now
             extra = {
                 "router": definition["strategy"],
                 "state": state,
                 "status": "running",
                 "control": definition["control"],
+                "assignment_key": key,
             }
         try:
             store.create_definition(
@@ -335,7 +340,10 @@ class DefinitionService:
         guardian ends a canary at ``max_samples``); ``revision`` makes it conditional on the row
         the caller evaluated, so a decision is never taken on numbers someone else overtook."""
         row = self.experiment(name)
-        if revision is not None and row.revision != revision:
+        # The revision judged, kept now: building the report below ends this transaction, and
+        # a revision re-read after it could be another worker's decision (two rollbacks).
+        expected = row.revision
+        if revision is not None and expected != revision:
             raise Conflict(f"Experiment {name} changed while it was being evaluated.")
         if row.builtin:
             raise Conflict(
@@ -361,7 +369,7 @@ class DefinitionService:
             target = str(model)
         else:
             target = row.control
-        at = now()
+        started_at, at = row.started_at, now()
         decision: dict[str, Any] = {
             "status": outcome or DECISIONS[verb],
             "model": target,
@@ -376,7 +384,7 @@ class DefinitionService:
             report = self.results(name)
             report["status"] = _STATUS_AFTER[verb]
             report["decision"] = decision
-            report["started_at"] = _iso(row.started_at)
+            report["started_at"] = _iso(started_at)
             report["ended_at"] = _iso(at)
         changes = {
             "status": _STATUS_AFTER[verb],
@@ -384,7 +392,7 @@ class DefinitionService:
             "report": report,
             "ended_at": at,
         }
-        self._update(name, row.revision, actor, decision["status"], decision["reason"], changes)
+        self._update(name, expected, actor, decision["status"], decision["reason"], changes)
         return self.get(name)
 
     def change(

@@ -16,48 +16,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import store
 from experiments.decisions import ArmInputs, Verdict, evaluate
 from experiments.routers import apply_patch
 from experiments.spec import served_arms
-from experiments.stats import RatioStats, percentile
 from serving.deferred import DeferredRunner
 from serving.definitions import DefinitionService
 from serving.errors import Conflict, NotFound
+from serving.reports import routed_inputs
 from store.db import Store
 
 log = logging.getLogger(__name__)
 
-#: Latencies per arm behind the p95 guardrail: the most recent ones.
-LATENCY_WINDOW = 1000
 ACTOR = "guardian"
 
 
-def gather_inputs(db: Store, name: str) -> dict[str, ArmInputs]:
-    """Each arm's counts, recent latencies and accuracy, from SQL aggregates."""
-    session = db.sessions()
-    try:
-        outcomes = store.arm_outcomes(session, name, routed_only=True)
-        latencies = store.arm_latencies(session, name, limit=LATENCY_WINDOW)
-        # Request-level for now: unit-level (per-client) aggregates are still to come.
-        units = {a: RatioStats.proportion(o["correct"], o["labelled"]) for a, o in outcomes.items()}
-    finally:
-        session.rollback()
-    arms: dict[str, ArmInputs] = {}
-    for arm in set(outcomes) | set(units):
-        o = outcomes.get(arm, {})
-        recent = latencies.get(arm, [])
-        arms[arm] = ArmInputs(
-            served=int(o.get("served", 0)),
-            errors=int(o.get("errors", 0)),
-            fallbacks=int(o.get("fallbacks", 0)),
-            latency_p95_ms=percentile(recent, 95),
-            latency_samples=len(recent),
-            accuracy=units.get(arm) or RatioStats.proportion(0, 0),
-        )
-    return arms
+@dataclass(frozen=True)
+class Evaluated:
+    """The experiment row as it was when its numbers were judged."""
+
+    name: str
+    revision: int
+    control: str
+    definition: dict[str, Any]
+    state: dict[str, Any]
 
 
 class Guardian:
@@ -106,25 +91,31 @@ class Guardian:
         row = store.get_experiment(session, name)
         if row is None or row.status != "running" or row.builtin:
             return None
-        definition = dict(row.definition)
-        arms = gather_inputs(self.db, name)
+        # What was evaluated, copied out now: after the rollback below the row's attributes
+        # would reload, and a revision read then could already be another worker's decision.
+        seen = Evaluated(
+            name, row.revision, row.control, dict(row.definition), dict(row.state or {})
+        )
+        definition = seen.definition
+        arms = routed_inputs(session, name, definition)
+        session.rollback()
         for arm in served_arms(definition):
             arms.setdefault(arm, ArmInputs())
-        verdict, _ = evaluate(definition, row.control, arms)
+        verdict, _ = evaluate(definition, seen.control, arms)
         if verdict.action is None:
             return verdict
         try:
-            self._apply(row, verdict)
+            self._apply(seen, verdict)
         except (Conflict, NotFound) as exc:  # another worker decided first, or it was deleted
             log.info("guardian: %s on %s not applied: %s", verdict.action, name, exc)
             return None
         return verdict
 
-    def _apply(self, row: Any, verdict: Verdict) -> None:
+    def _apply(self, row: Evaluated, verdict: Verdict) -> None:
         name = row.name
         if verdict.action == "step":
             definition, state = apply_patch(
-                row.definition, row.state or {}, {"canary_percentage": verdict.percentage}
+                row.definition, row.state, {"canary_percentage": verdict.percentage}
             )
             definition.setdefault("initial_canary_percentage", row.definition["canary_percentage"])
             self.definitions.change(

@@ -192,3 +192,81 @@ def test_a_bandit_shifts_traffic_to_the_arm_that_earns_rewards(api, client, imag
         feedback(client, answer, right[answer["arm"]](i))
     later = Counter(predict(client, image_png, "bandit").get_json()["arm"] for _ in range(200))
     assert later["boosting"] / 200 > 0.8, later
+
+
+def test_a_decision_taken_while_the_guardian_evaluates_is_never_overwritten(app, api, monkeypatch):
+    # Another worker rolls the experiment back between the guardian's read of the row and its
+    # own decision on the numbers it read: the guardian's decision must lose the revision check
+    # (the row it judged is gone), not be applied on top as a second rollback.
+    import serving.guardian as guardian_module
+    from experiments.decisions import ArmInputs
+    from experiments.stats import RatioStats
+    from views.context import services
+
+    body = {
+        "name": "raced",
+        "strategy": "weighted",
+        "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}],
+        "control": "bagging",
+        "guardrails": {"error_rate": 0.05},
+    }
+    assert api("POST", URL, body).status_code == 201
+
+    def breached_after_a_rival_decides(session, name, definition):
+        rival = api("POST", f"/api/v1/experiments/{name}/rollback", {"reason": "by hand"})
+        assert rival.status_code == 200, rival.get_json()
+        failing = ArmInputs(served=500, errors=500, accuracy=RatioStats.proportion(0, 0))
+        return {"bagging": ArmInputs(served=500), "boosting": failing}
+
+    monkeypatch.setattr(guardian_module, "routed_inputs", breached_after_a_rival_decides)
+    with app.app_context():
+        assert services().guardian.check("raced") is None
+    described = status_of(api, "raced")
+    assert described["decision"]["by"] != "guardian", described["decision"]
+    assert described["decision"]["reason"] == "by hand"
+    events = api("GET", "/api/v1/experiments/raced/results").get_json()["events"]
+    assert [e["kind"] for e in events].count("rolled_back") == 1, events
+
+
+def test_a_rival_decision_during_the_report_build_makes_the_second_one_a_conflict(app, api):
+    # decide() freezes a report before it writes, and building it ends the transaction: a
+    # rival decision committed meanwhile must make this one a conflict (the multi-worker run
+    # once recorded two rollbacks because the revision was re-read after the report).
+    import store
+    from serving.errors import Conflict
+    from views.context import services
+
+    body = {
+        "name": "twice",
+        "strategy": "weighted",
+        "models": [{"model_id": "bagging", "weight": 1}, {"model_id": "boosting", "weight": 1}],
+        "control": "bagging",
+    }
+    assert api("POST", URL, body).status_code == 201
+    with app.app_context():
+        definitions = services().definitions
+        build_report = definitions.results
+
+        def report_while_a_rival_decides(name):
+            report = build_report(name)
+            rival = store.open_store(app.config["DATABASE_URL"]).sessions()
+            row = store.get_experiment(rival, name)
+            store.update_experiment(
+                rival,
+                name,
+                actor="rival",
+                kind="rolled_back",
+                expected_revision=row.revision,
+                status="rolled_back",
+            )
+            rival.close()
+            return report
+
+        definitions.results = report_while_a_rival_decides
+        try:
+            with pytest.raises(Conflict):
+                definitions.decide("twice", "rollback", "guardian", revision=None)
+        finally:
+            definitions.results = build_report
+    events = api("GET", "/api/v1/experiments/twice/results").get_json()["events"]
+    assert [e["actor"] for e in events if e["kind"] == "rolled_back"] == ["rival"], events
