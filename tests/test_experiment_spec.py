@@ -160,7 +160,7 @@ def test_canary_with_every_field():
             canary_percentage=5,
             step_percentage=5.5,
             max_percentage=50,
-            promotion_criteria={"min_samples": 200},
+            promotion_criteria={"min_samples": 200, "max_samples": 5000},
             control="b",
         )
     )
@@ -171,6 +171,7 @@ def test_canary_with_every_field():
         "metric": "accuracy",
         "min_improvement": 0.01,
         "min_samples": 200,
+        "max_samples": 5000,
     }
     assert definition["control"] == "b"
 
@@ -415,6 +416,13 @@ BAD = [
     ("canary", {"promotion_criteria": {"min_samples": 0}}, "promotion_criteria.min_samples"),
     ("canary", {"promotion_criteria": {"min_samples": 1.5}}, "promotion_criteria.min_samples"),
     ("canary", {"promotion_criteria": {"alpha": 0.05}}, "promotion_criteria.alpha"),
+    # max_samples below min_samples could never let a canary reach promotion
+    (
+        "canary",
+        {"promotion_criteria": {"min_samples": 500, "max_samples": 100}},
+        "promotion_criteria.max_samples",
+    ),
+    ("canary", {"promotion_criteria": {"max_samples": 2.5}}, "promotion_criteria.max_samples"),
     # feature_based
     ("feature_based", {"rules": ...}, "rules"),
     ("feature_based", {"rules": []}, "rules"),
