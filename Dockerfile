@@ -1,11 +1,14 @@
-# Chorus in a container: gunicorn serving app:create_app() with the committed model artifacts.
+# Chorus in a container, as `make serve` runs it: nginx on $PORT in front (buffering slow
+# clients, deploy/serve.py), gunicorn serving app:create_app() behind it on a unix socket, with
+# the committed model artifacts. docker-compose.yml runs the same image behind a separate nginx,
+# with Postgres and Prometheus.
 #
 #   docker build -t chorus .
 #   docker run -p 8000:8000 -e SECRET_KEY=<long random value> [-e ADMIN_PASSWORD=...] \
 #       -v chorus-data:/app/instance chorus
 #
-# SECRET_KEY must be supplied at run time and is never baked into the image: without it the app
-# refuses to start (generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'
+# SECRET_KEY (at least 32 bytes) must be supplied at run time and is never baked into the image:
+# without it the app refuses to start (generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'
 # and give every container of one deployment the same value). ADMIN_PASSWORD is optional; without
 # it the admin pages answer 403. The SQLite database lives in /app/instance: mount a volume there
 # to keep it, or set DATABASE_URL to a postgresql+psycopg:// URL. Other settings: DESIGN.md
@@ -18,6 +21,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Debian's nginx, run unprivileged by deploy/serve.py (its own config, pid and temp paths).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system chorus \
     && useradd --system --gid chorus --create-home --home-dir /home/chorus chorus
@@ -39,7 +47,9 @@ COPY app.py gunicorn.conf.py ./
 COPY ensembles ./ensembles
 COPY experiments ./experiments
 COPY models ./models
+COPY serving ./serving
 COPY store ./store
+COPY deploy ./deploy
 COPY views ./views
 COPY templates ./templates
 COPY static ./static
@@ -49,9 +59,11 @@ RUN python -m compileall -q /app \
 
 USER chorus
 
-# Listen on every interface inside the container; one torch thread per gunicorn worker.
+# nginx listens on every interface inside the container; one torch thread per gunicorn worker.
 ENV HOST=0.0.0.0 \
     PORT=8000 \
+    FRONT_DIR=/tmp/chorus-front \
+    NGINX_ERROR_LOG=stderr \
     TORCH_THREADS=1 \
     OMP_WAIT_POLICY=PASSIVE
 EXPOSE 8000
@@ -60,4 +72,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/healthz', timeout=4)"]
 
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+CMD ["python", "-m", "deploy.serve"]

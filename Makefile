@@ -9,7 +9,7 @@ export HOST PORT
 # libgomp spin-waits by default; on a shared 2-core box that starves every other process.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: serve test train evaluate bench bench-load lint deps dev-deps dataset chromium clean
+.PHONY: serve test train evaluate bench bench-load lint deps dev-deps dataset chromium postgresql prometheus nginx clean
 
 $(VENV)/.deps: requirements.txt
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
@@ -31,22 +31,36 @@ dataset:
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
+## PostgreSQL's server binaries: the tests start a throwaway cluster of their own (tests/postgres.py).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+
+## Debian's Prometheus: tests/test_prometheus.py starts a throwaway server that scrapes gunicorn.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
+## Debian's nginx, the buffering front `make serve` starts (deploy/serve.py) and tests/test_front.py.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends nginx; }
+
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ## Without SECRET_KEY, a random key is made once in instance/ (gitignored, mode 600) and reused,
 ## so sessions survive restarts; ADMIN_PASSWORD stays unset unless given (admin answers 403).
 SECRET_KEY_FILE := instance/secret_key
 
-serve: deps
+## nginx on $(HOST):$(PORT) in front, gunicorn behind it on a unix socket (deploy/serve.py:
+## config, pid, socket and logs in instance/front-$(PORT)); Ctrl-C stops both.
+serve: deps nginx
 	mkdir -p instance
 	@if [ -z "$$SECRET_KEY" ] && [ ! -s $(SECRET_KEY_FILE) ]; then \
 		(umask 077 && $(PY) -c 'import secrets; print(secrets.token_hex(32))' > $(SECRET_KEY_FILE)) \
 		&& chmod 600 $(SECRET_KEY_FILE) \
 		&& echo "SECRET_KEY not set: created $(SECRET_KEY_FILE), reused on the next start"; fi
 	SECRET_KEY="$${SECRET_KEY:-$$(cat $(SECRET_KEY_FILE))}" FLASK_DEBUG=$${FLASK_DEBUG:-0} \
-		exec $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
+		exec $(PY) -m deploy.serve
 
-test: dev-deps dataset chromium
+test: dev-deps dataset chromium postgresql prometheus nginx
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

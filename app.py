@@ -19,14 +19,15 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 import store
-from ensembles.bundle import load_bundle
+from ensembles.bundle import build_bundle
+from models.onnx_bank import DEFAULT_CACHE, RUNTIMES, member_bank
 from models.preprocess import DEFAULT_MAX_PIXELS
-from models.registry import ARTIFACT_ROOT
+from models.registry import ARTIFACT_ROOT, load_artifact
 from serving import catalogue
 from serving.container import build_services
 from serving.service import ModelHolder
 from store.db import DatabaseUrlError
-from views import admin, api, cli, errors, health, hooks, pages, samples, templating
+from views import admin, api, cli, errors, health, hooks, metrics, pages, samples, templating, v2
 from views.context import EXTENSION
 
 log = logging.getLogger("chorus")
@@ -34,6 +35,8 @@ csrf = CSRFProtect()
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 #: Room for multipart boundaries and the other form fields on top of the file itself.
 FORM_OVERHEAD_BYTES = 64 * 1024
+#: Shortest SECRET_KEY accepted outside debug: 32 bytes, what HMAC-SHA256 keys need.
+MIN_SECRET_KEY_BYTES = 32
 _ENV_KEYS = (
     "SECRET_KEY",
     "ADMIN_PASSWORD",
@@ -45,6 +48,12 @@ _ENV_KEYS = (
     "LOG_LEVEL",
     "DECISION_INTERVAL",
     "CLIENT_LABEL_CAP",
+    "TRUSTED_PROXIES",
+    "SESSION_COOKIE_SECURE",
+    "AUTH_FAILURE_LIMIT",
+    "METRICS_TOKEN",
+    "RUNTIME",
+    "ONNX_CACHE_DIR",
 )
 
 
@@ -84,6 +93,19 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
         CLIENT_LABEL_CAP=50,
         WTF_CSRF_TIME_LIMIT=None,  # a result page left open for hours can still take feedback
         SESSION_COOKIE_SAMESITE="Lax",
+        #: Proxies in front whose X-Forwarded-For/Proto are believed (deploy/serve.py sets 1).
+        TRUSTED_PROXIES=0,
+        #: Secure cookies even on plain HTTP (they are Secure over HTTPS anyway: views/hooks.py).
+        SESSION_COOKIE_SECURE=False,
+        #: Failed admin authentications per client address per window (OWASP ASVS: 100 an hour).
+        AUTH_FAILURE_LIMIT=100,
+        AUTH_FAILURE_WINDOW=3600.0,
+        #: How long a predict answer is kept for retries with the same Idempotency-Key (seconds).
+        IDEMPOTENCY_TTL=24 * 3600.0,
+        #: auto (ONNX Runtime on CPU if its graph verifies, else torch), onnx or torch.
+        RUNTIME="auto",
+        #: Where exported ONNX graphs are cached, keyed by the weights' sha256 (gitignored).
+        ONNX_CACHE_DIR=DEFAULT_CACHE,
     )
     app.config.from_mapping({k: os.environ[k] for k in _ENV_KEYS if os.environ.get(k)})
     if test_config is not None:
@@ -99,6 +121,17 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
     if cap != int(cap):
         raise ConfigError(f"CLIENT_LABEL_CAP must be a whole number, got {cap!r}")
     config["CLIENT_LABEL_CAP"] = int(cap)
+    for name in ("TRUSTED_PROXIES", "AUTH_FAILURE_LIMIT"):
+        whole = _number(name, config[name], 0, 1_000_000)
+        if whole != int(whole):
+            raise ConfigError(f"{name} must be a whole number, got {config[name]!r}")
+        config[name] = int(whole)
+    secure = str(config["SESSION_COOKIE_SECURE"]).strip().lower()
+    config["SESSION_COOKIE_SECURE"] = secure in ("1", "true", "yes", "on")
+    config["RUNTIME"] = str(config["RUNTIME"]).strip().lower()
+    if config["RUNTIME"] not in RUNTIMES:
+        choices = ", ".join(RUNTIMES)
+        raise ConfigError(f"RUNTIME must be one of {choices}, got {config['RUNTIME']!r}")
     config["LOG_LEVEL"] = str(config["LOG_LEVEL"]).strip().upper()
     if config["LOG_LEVEL"] not in logging.getLevelNamesMapping():
         raise ConfigError(
@@ -116,6 +149,14 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
             )
         config["SECRET_KEY"] = secrets.token_hex(32)
         log.warning("SECRET_KEY not set: using a random key (debug/testing only)")
+    key = config["SECRET_KEY"]
+    key_bytes = len(key.encode("utf-8") if isinstance(key, str) else key)
+    if key_bytes < MIN_SECRET_KEY_BYTES and not (app.debug or app.testing):
+        raise ConfigError(
+            f"SECRET_KEY is {key_bytes} bytes long; it must be at least {MIN_SECRET_KEY_BYTES} "
+            "(it signs sessions, CSRF tokens and client cookies). Generate one with "
+            "python -c 'import secrets; print(secrets.token_hex(32))'."
+        )
 
 
 def configure_logging(app: Flask) -> None:
@@ -145,7 +186,10 @@ def load_models(app: Flask) -> ModelHolder:
     if bundle is None:
         try:
             root = Path(app.config["ARTIFACT_ROOT"])
-            bundle = load_bundle(app.config["MODEL_VERSION"], root=root)
+            artifact = load_artifact(app.config["MODEL_VERSION"], root)
+            cache = Path(app.config["ONNX_CACHE_DIR"])
+            bank = member_bank(artifact, app.config["RUNTIME"], cache_dir=cache)
+            bundle = build_bundle(artifact, bank=bank)
             bundle.warm_up()
         except Exception as exc:  # ArtifactError, or anything a broken artifact raises
             log.exception("no model loaded; /readyz and predictions answer 503 until fixed")
@@ -165,6 +209,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     hooks.init_app(app)  # first, so requests refused by CSRF still get an id
     csrf.init_app(app)
     csrf.exempt(api.bp)
+    csrf.exempt(v2.bp)
     try:
         store.init_app(app)
     except DatabaseUrlError as exc:
@@ -196,7 +241,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     page_list = catalogue.Catalogue.build(builtin).pages
     app.register_blueprint(pages.make_blueprint(page_list))
-    for module in (api, admin, health, errors, cli):
+    for module in (api, v2, admin, health, metrics, errors, cli):
         app.register_blueprint(module.bp)
 
     samples.gallery()  # read the test split now, shared by forked workers

@@ -14,11 +14,17 @@ GUNICORN_KEEPALIVE         5               idle keep-alive seconds (sync workers
 GUNICORN_ACCESS_LOG        -               access log file; "-" is stdout, "off" disables it
 GUNICORN_CONTROL_SOCKET    (none)          path for gunicornc's control socket, if wanted
 LOG_LEVEL                  info            gunicorn's error log level (the app reads it too)
+FORWARDED_ALLOW_IPS        (none)          TCP peers whose X-Forwarded-* gunicorn believes ("*" when
+                                           only a proxy can reach the port, as in compose)
+METRICS_DIR                /dev/shm        where this server's Prometheus multiprocess folder goes
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import tempfile
 from typing import Any
 
 
@@ -47,8 +53,40 @@ timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
 
+# X-Forwarded-Proto/For are believed from no TCP peer: behind nginx gunicorn listens on a unix
+# socket (whose peers gunicorn always trusts) and the app's ProxyFix reads them (TRUSTED_PROXIES).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "").strip()
+
 # Load the models once in the master; forked workers share those pages copy-on-write.
 preload_app = True
+
+
+# Prometheus multiprocess mode (serving/metrics.py): workers write their samples to files in a
+# folder of this server's own, made fresh at each start (named by port and master pid) and
+# removed at exit, so two servers never sum or wipe each other's; folders of masters that died
+# without exiting (SIGKILL) are swept. Set before the preloaded app imports prometheus_client;
+# a reload (HUP re-reads this file in the same master) keeps it.
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+if os.environ.get("CHORUS_METRICS_MASTER") != str(os.getpid()):
+    _metrics_base = os.environ.get("METRICS_DIR", "").strip() or (
+        "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    )
+    for _stale in glob.glob(os.path.join(glob.escape(_metrics_base), "chorus-metrics-*-*-*")):
+        if not _alive(os.path.basename(_stale).split("-")[3]):
+            shutil.rmtree(_stale, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix=f"chorus-metrics-{_port}-{os.getpid()}-", dir=_metrics_base
+    )
+    os.environ["CHORUS_METRICS_MASTER"] = str(os.getpid())
 
 # Heartbeat files on tmpfs: an fchmod on a disk-backed /tmp can stall a worker (gunicorn docs).
 worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -78,3 +116,15 @@ def post_fork(server: Any, worker: Any) -> None:
 
     set_torch_threads()
     server.log.info("worker %s: %d torch thread(s)", worker.pid, torch.get_num_threads())
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker died: its live gauges (model version) leave the sums; its counters stay."""
+    from serving.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove this server's metrics folder: nothing reads it once every worker is gone."""
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,29 +1,48 @@
-"""Forward latency of members and ensembles: fused batched forward vs a Python loop over members.
+"""Member forward against the CPU's limit: each runtime's GFLOP/s as a share of the matmul peak.
 
-`python -m bench.forward [--version V] [--threads N] [--repeat R]` prints, from one run, the
-median latency of one member and of each whole ensemble for 1 image and a batch of 64, the
-fused/loop ratio, and the GFLOP/s the fused forward achieves.
+`python -m bench.forward [--version V] [--repeat R] [--runtimes torch,onnx]` prints, from one run:
+the one-core fp32 matmul peak (``torch.matmul`` of two 1024x1024 float32 matrices on one thread,
+best of 10, measured before and after the forwards; the higher one counts), then for every
+runtime and every built-in member set (one member, bagging, boosting, stacking's members, all
+nine) the bank's batch-1 and batch-64 forward (images in, every member's probabilities out):
+median and best milliseconds, GFLOP/s and % of the peak from each, and the process's RSS once
+each runtime's banks are built. The runtimes of one member set are timed in alternation, so a
+machine that slows down mid-run shifts them alike. ONNX's rows "sliced" run the one graph over
+every member and keep the set's rows: the design a session per member set replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ensembles.bundle import load_bundle
+from bench.load import cpu_model
+from models.banks import MemberBank
 from models.cnn import flops_per_image
+from models.manifest import Manifest
+from models.onnx_bank import DEFAULT_CACHE, member_bank
+from models.registry import ARTIFACT_ROOT, load_artifact
 
 log = logging.getLogger(__name__)
+MATMUL_SIZE = 1024
+BATCHES = (1, 64)
+#: The issue's targets: share of the matmul peak for batch 1 and batch 64.
+TARGETS = {1: 75.0, 64: 80.0}
 
 
-def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 5) -> list[float]:
-    """Median wall time of each function in milliseconds.
+def series_ms(*fns: Callable[[], object], repeat: int, warmup: int = 5) -> list[list[float]]:
+    """Wall time of each function in milliseconds, ``repeat`` calls each.
 
     The functions are timed in alternation (one call of each per round), so a machine that
     speeds up or slows down during the run shifts all of them alike and their ratio holds.
@@ -37,48 +56,176 @@ def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 5) -> list[
             start = time.perf_counter()
             fn()
             series.append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(series) for series in times]
+    return times
+
+
+def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 5) -> list[float]:
+    """Median wall time of each function in milliseconds, timed in alternation."""
+    return [statistics.median(s) for s in series_ms(*fns, repeat=repeat, warmup=warmup)]
+
+
+def matmul_peak_gflops(size: int = MATMUL_SIZE, tries: int = 10) -> float:
+    """One-thread fp32 matmul GFLOP/s, best of ``tries``: the ceiling the forwards are held to."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    torch.matmul(a, b)  # first call allocates
+    best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(tries))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now (Linux ``/proc/self/statm``), in MiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@dataclass(frozen=True)
+class Row:
+    """One runtime's forward of one member set at one batch size."""
+
+    runtime: str
+    label: str
+    members: int
+    batch: int
+    median_ms: float
+    best_ms: float
+
+    def gflops(self, flops: int, ms: float) -> float:
+        return self.members * self.batch * flops / (ms / 1e3) / 1e9
+
+    def line(self, flops: int, peak: float) -> str:
+        median, best = self.gflops(flops, self.median_ms), self.gflops(flops, self.best_ms)
+        return (
+            f"{self.runtime:14}{self.label:14}{self.members:>4}{self.batch:>6}"
+            f"{self.median_ms:>11.3f}{self.best_ms:>10.3f}{median:>9.1f}{best:>9.1f}"
+            f"{100 * median / peak:>9.1f}{100 * best / peak:>9.1f}"
+        )
+
+
+HEADER = (
+    f"{'runtime':14}{'members':14}{'k':>4}{'batch':>6}{'median ms':>11}{'best ms':>10}"
+    f"{'GFLOP/s':>9}{'(best)':>9}{'% peak':>9}{'(best)':>9}"
+)
+
+
+def member_sets(manifest: Manifest) -> list[tuple[str, tuple[str, ...]]]:
+    """The built-in member sets, labelled: one member, each strategy's members, all of them."""
+    spec = manifest.strategies
+    names = manifest.member_names
+    return [
+        ("one member", names[:1]),
+        ("bagging", spec.bagging.members),
+        ("boosting", spec.boosting.members),
+        ("stacking", spec.stacking.members),
+        (f"all {len(names)}", names),
+    ]
+
+
+def _sliced(everything: MemberBank, names: Sequence[str]) -> Callable[[torch.Tensor], np.ndarray]:
+    rows = np.array([everything.names.index(name) for name in names])
+    return lambda x: everything.probabilities(x)[rows]
+
+
+def measure(
+    banks: dict[str, MemberBank],
+    sets: list[tuple[str, tuple[str, ...]]],
+    repeat: int,
+    warmup: int,
+) -> list[Row]:
+    """Every runtime over every member set and batch, runtimes of one set in alternation."""
+    rows: list[Row] = []
+    generator = torch.Generator().manual_seed(1)
+    cases = [(batch, label, names) for batch in BATCHES for label, names in sets]
+    inputs = {batch: torch.randn(batch, 1, 28, 28, generator=generator) for batch in BATCHES}
+    for batch, label, names in tqdm(cases, desc="forwards", leave=False):
+        x = inputs[batch]
+        runs = [(name, bank.select(names).probabilities) for name, bank in banks.items()]
+        if "onnx" in banks and len(names) < len(banks["onnx"].names):
+            runs.append(("onnx sliced", _sliced(banks["onnx"], names)))
+        calls = [lambda fn=fn, x=x: fn(x) for _, fn in runs]
+        series = series_ms(*calls, repeat=repeat, warmup=warmup)
+        for (runtime, _), times in zip(runs, series, strict=True):
+            median, best = statistics.median(times), min(times)
+            rows.append(Row(runtime, label, len(names), batch, median, best))
+    return rows
+
+
+def verdicts(rows: list[Row], flops: int, peak: float) -> list[str]:
+    """Each runtime's worst set at each batch size against the issue's targets."""
+    out = []
+    for runtime in dict.fromkeys(row.runtime for row in rows):
+        for batch, target in TARGETS.items():
+            mine = [r for r in rows if r.runtime == runtime and r.batch == batch]
+            if not mine:
+                continue
+            worst = min(mine, key=lambda r: r.gflops(flops, r.median_ms))
+            share = 100 * worst.gflops(flops, worst.median_ms) / peak
+            best = 100 * min(r.gflops(flops, r.best_ms) for r in mine) / peak
+            met = "meets" if share >= target else "misses"
+            out.append(
+                f"{runtime}: batch {batch} worst set {worst.label} at {share:.1f}% of peak "
+                f"(median; {best:.1f}% from best times), {met} the {target:.0f}% target"
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default=None)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (serving uses 1)")
+    parser.add_argument("--root", type=Path, default=ARTIFACT_ROOT, help="artifact folder")
     parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--runtimes", default="torch,onnx", help="comma-separated: torch, onnx")
+    parser.add_argument("--onnx-cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args(argv)
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    if not runtimes or set(runtimes) - {"torch", "onnx"}:
+        parser.error(f"--runtimes takes torch and/or onnx, got {args.runtimes!r}")
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.version)
-    flops = flops_per_image(bundle.ensembles["bagging"].cnn)
+    torch.set_num_threads(1)  # serving's setting: one intra-op thread per worker
+    rss = {"start": rss_mb()}
+    artifact = load_artifact(args.version, args.root)
+    manifest = Manifest.from_dict(artifact.manifest)
+    flops = flops_per_image(manifest.cnn)
+    sets = member_sets(manifest)
+    rss["artifact loaded"] = rss_mb()
+    peak_before = matmul_peak_gflops()
+    banks: dict[str, MemberBank] = {}
+    x = torch.zeros(1, 1, 28, 28)
+    for runtime in runtimes:
+        bank = member_bank(artifact, runtime, cache_dir=args.onnx_cache)
+        for _, names in sets:
+            bank.select(names).probabilities(x)  # build (and for ONNX verify) every session now
+        banks[runtime] = bank
+        rss[f"+ {runtime} banks"] = rss_mb()
+    rows = measure(banks, sets, args.repeat, args.warmup)
+    peak = max(peak_before, matmul_peak_gflops())
+    versions = f"torch {torch.__version__}"
+    if "onnx" in banks:
+        import onnxruntime
+
+        versions += f", onnxruntime {onnxruntime.__version__}"
     out = [
-        f"model version {bundle.version}; torch {torch.__version__}, {args.threads} thread(s); "
-        f"one member = {flops / 1e6:.1f} MFLOP per image; median of {args.repeat} runs",
+        f"model version {artifact.version}; {versions}; 1 thread; CPU {cpu_model()}",
+        f"one member = {flops / 1e6:.1f} MFLOP per image (models.cnn.flops_per_image of "
+        f"stages {list(manifest.cnn.stages)})",
+        f"matmul peak: {peak:.1f} GFLOP/s ({MATMUL_SIZE}x{MATMUL_SIZE} fp32, 1 thread, best of "
+        f"10; {peak_before:.1f} before the forwards); forwards: median and best of {args.repeat}",
         "",
-        f"{'':22}{'batch':>6}{'members':>8}{'loop ms':>10}{'fused ms':>10}{'fused/loop':>11}"
-        f"{'GFLOP/s':>9}",
+        HEADER,
+        *(row.line(flops, peak) for row in rows),
+        "",
+        *verdicts(rows, flops, peak),
+        "",
+        "RSS: " + ", ".join(f"{stage} {mb:.0f} MiB" for stage, mb in rss.items()),
     ]
-    with torch.inference_mode():
-        rows = [("one member", bundle.ensembles["bagging"], 1)]
-        rows += [(name, ens, None) for name, ens in bundle.ensembles.items()]
-        for batch in (1, 64):
-            x = torch.randn(batch, 1, 28, 28)
-            for label, ensemble, limit in rows:
-                modules = ensemble.bank._member_modules()[:limit]
-                bank = ensemble.bank.select(ensemble.bank.names[:limit]).fused
-                k = len(modules)
-                loop, fused = median_ms(
-                    lambda modules=modules, x=x: [m(x) for m in modules],
-                    lambda bank=bank, x=x: bank(x),
-                    repeat=args.repeat,
-                )
-                gflops = k * batch * flops / (fused / 1e3) / 1e9
-                out.append(
-                    f"{label:22}{batch:>6}{k:>8}{loop:>10.3f}{fused:>10.3f}{fused / loop:>11.2f}"
-                    f"{gflops:>9.1f}"
-                )
-            (whole,) = median_ms(lambda x=x: bundle.predict("stacking", x), repeat=args.repeat)
-            out.append(f"{'stacking predict()':22}{batch:>6}{'':>8}{'':>10}{whole:>10.3f}")
-            out.append("")
     sys.stdout.write("\n".join(out) + "\n")
     return 0
 

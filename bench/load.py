@@ -164,10 +164,14 @@ class GunicornServer:
         self.admin_password = self.env["ADMIN_PASSWORD"]
         self.process: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        """What to run (deploy/serve.py's front overrides it: tests/servers.py)."""
+        return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+
     def __enter__(self) -> GunicornServer:
         with open(self.log_path, "wb") as log_file:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+                self.command(),
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

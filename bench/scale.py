@@ -6,8 +6,9 @@ one, which it fills: give it an empty one), measures the predict path's median o
 uploads with no history, then seeds predictions through the store's own bulk path
 (``store.bulk.add_predictions``: the built-in strategies, the built-in ``ab`` and a two-arm
 sticky experiment, 5,000 clients, 30% labelled) up to each size and prints the median time of
-``/admin``, the experiment's console page, every ``/results``, ``/api/v1/stats`` and the
-predict path there, each next to the target (reads <= 200 ms; predict within 10% of its
+the guardian's per-second read, ``/admin``, the experiment's console page, every ``/results``,
+``/api/v1/stats`` and the predict path there (and the request path's write, with its roll-up
+upserts alone), each next to the target (reads <= 200 ms; predict within 10% of its
 median at 0 rows). Exit status 1 when a target is missed.
 """
 
@@ -161,6 +162,33 @@ def seed(app: Any, rows: int, start: int, rng: random.Random) -> None:
                 bar.update(len(chunk))
 
 
+def write_calls(app: Any) -> dict[str, Callable[[], Any]]:
+    """The request path's write alone: one routed, labelled-later experiment prediction through
+    ``store.add_prediction`` (insert, roll-ups, commit), and its roll-up statements alone (run
+    in a transaction that is rolled back, so they count nothing)."""
+    import store
+    from store import rollups
+
+    version = app.extensions["chorus"].models.bundle.version
+    rng = random.Random(1)
+    row = next(seeded_rows(1, 4, version, rng))  # kind 4: the sticky experiment
+    del row["created_at"]  # now, as the recorder writes it
+
+    def record() -> None:
+        with app.app_context():
+            store.add_prediction(store.get_session(), **row)
+
+    def upserts() -> None:
+        with app.app_context():
+            session = store.get_session()
+            try:
+                rollups.record_predictions(session, [row])
+            finally:
+                session.rollback()
+
+    return {"record (insert+roll-ups+commit)": record, "  of which roll-up upserts": upserts}
+
+
 def median_ms(call: Callable[[], Any], repeat: int) -> float:
     """Median wall time of ``call`` over ``repeat`` runs after one warm-up."""
     call()
@@ -184,7 +212,18 @@ def reads(client: Any) -> dict[str, Callable[[], Any]]:
 
         return call
 
+    def guardian() -> None:
+        import store
+        from serving.reports import routed_inputs
+
+        with client.application.app_context():
+            session = store.get_session()
+            row = store.get_experiment(session, EXPERIMENT)
+            routed_inputs(session, EXPERIMENT, row.definition)
+            session.rollback()
+
     return {
+        "guardian routed_inputs": guardian,
         "/admin": get("/admin"),
         f"/admin/experiments/{EXPERIMENT}": get(f"/admin/experiments/{EXPERIMENT}"),
         "/api/v1/experiments/ab/results": get("/api/v1/experiments/ab/results"),
@@ -226,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         image = trouser_png()
         predict = predict_call(client, image)
         baseline = median_ms(predict, args.predict_repeat)
+        writes = write_calls(app)
+        at_zero = {name: median_ms(call, args.predict_repeat) for name, call in writes.items()}
         print(f"{cpu_model()}; {url.split(':')[0]}; predict median at 0 rows: {baseline:.2f} ms")
+        for name, ms in at_zero.items():
+            print(f"{name.strip()} median at 0 rows: {ms:.2f} ms")
         missed = False
         seeded = 0
         results: dict[int, dict[str, float]] = {}
@@ -235,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             seeded = size
             timings = {name: median_ms(call, args.repeat) for name, call in reads(client).items()}
             timings["predict (median)"] = median_ms(predict, args.predict_repeat)
+            for name, call in writes.items():
+                timings[name] = median_ms(call, args.predict_repeat)
             results[size] = timings
         names = list(next(iter(results.values())))
         width = max(len(n) for n in names)
@@ -244,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         largest = results[sizes[-1]]
         print()
         for name, ms in largest.items():
+            if name in writes:
+                continue  # reported, no target of its own (it is part of the predict path)
             if name.startswith("predict"):
                 ratio = ms / baseline
                 ok = ratio <= PREDICT_SLOWDOWN

@@ -19,6 +19,7 @@ from ensembles.base import Ensemble, Result
 from ensembles.boosting import Boosting
 from ensembles.cascade import Cascade
 from ensembles.stacking import MetaModel, Stacking
+from ensembles.uncertainty import Abstainer, abstainer_from
 from models.banks import MemberBank, TorchBank
 from models.manifest import Manifest, ManifestError
 from models.registry import ARTIFACT_ROOT, Artifact, load_artifact
@@ -56,6 +57,8 @@ class EnsembleBundle:
     #: Every member of the artifact behind one runtime; ensembles use ``bank.select(...)``.
     bank: MemberBank
     blend: BlendSplit | None = None
+    #: The fitted uncertainty combiner (None: answers never abstain).
+    abstainer: Abstainer | None = None
 
     @property
     def strategies(self) -> tuple[str, ...]:
@@ -153,6 +156,7 @@ def build_bundle(
         manifest_info=info,
         bank=bank,
         blend=blend,
+        abstainer=abstainer_from(artifact.abstention, artifact.abstention_error, artifact.version),
     )
 
 

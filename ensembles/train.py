@@ -106,7 +106,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--subset", type=int, default=None, help="use only N training images")
     p.add_argument("--test-subset", type=int, default=None, help="score only N test images")
     p.add_argument("--photo-size", type=int, default=2000, help="photo-like images (0: skip)")
+    p.add_argument(
+        "--abstention",
+        action="store_true",
+        help="then fit the abstention combiner on the new artifact (python -m "
+        "ensembles.abstention; Fashion-MNIST only, needs scikit-image)",
+    )
     args = p.parse_args(argv)
+    if args.abstention and args.data:
+        p.error("--abstention fits on Fashion-MNIST's blend split; it cannot be used with --data")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
@@ -461,6 +469,10 @@ def train(args: argparse.Namespace) -> Path:
     )
     if photo:
         log.info("photo-like accuracy %s", photo["strategies"])
+    if args.abstention:
+        from ensembles import abstention
+
+        abstention.fit(abstention.parse_args(["--artifact", str(path)]))
     return path
 
 

@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 #: Decoders ``Image.open`` may try; MPO (multi-picture JPEG from phones) comes from JPEG's.
 _OPEN_FORMATS = [fmt for fmt in SUPPORTED_FORMATS if fmt != "MPO"]
-#: Largest accepted image, in pixels (width x height): 40 MP covers any phone camera.
-DEFAULT_MAX_PIXELS = 40_000_000
+#: Largest accepted image, in pixels (width x height): a phone photo at its default resolution
+#: (12 MP on most phones, 24 MP on the largest defaults, e.g. 5712x4284), with room to spare.
+#: A PNG is decoded in full (~1.4 s and 120 MB for 40 MP RGB on the bench machine), so the cap is
+#: what bounds a worker's cost; JPEGs decode at 1/2-1/8 scale (``Image.draft``) and cost little.
+DEFAULT_MAX_PIXELS = 25_000_000
 #: Photos are reduced (by integer factors) to a longest side between this and twice this
 #: before the pixel work: fast, and still many source pixels per output pixel.
 WORKING_SIZE = 512
@@ -222,9 +225,15 @@ def _load(image: Image.Image, in_place: bool = True) -> Image.Image:
     return _upright(image, in_place)
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode untrusted upload bytes into an upright PIL image, or raise a typed error."""
-    return _load(_open(data, max_pixels))
+def decode(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, fit: int | None = None
+) -> Image.Image:
+    """Decode untrusted upload bytes into an upright PIL image, or raise a typed error; with
+    ``fit``, a JPEG decodes at the smallest scale still covering ``fit`` x ``fit`` pixels."""
+    image = _open(data, max_pixels)
+    if fit is not None and image.format in ("JPEG", "MPO"):
+        image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else None, (fit, fit))
+    return _load(image)
 
 
 def _decode_for_canvas(
@@ -354,7 +363,22 @@ def _bounding_box(mask: np.ndarray, min_count: int) -> tuple[int, int, int, int]
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def _blank() -> BlankImageError:
+#: Median grey-level step between neighbouring pixels above which a featureless image is
+#: noise, not a flat colour: 0 for flat colours (PNG or JPEG), 1 for smooth gradients,
+#: 8 for Gaussian noise of sigma 8, 75 for uniform noise.
+_NOISY_STEP = 3.0
+
+
+def _blank(grey: np.ndarray) -> BlankImageError:
+    """Say what is wrong with a featureless image: one flat colour, or only pixel noise."""
+    step = float(np.median(np.abs(np.diff(grey, axis=1)))) if grey.shape[1] > 1 else 0.0
+    if step >= _NOISY_STEP:
+        return BlankImageError(
+            "The image looks like random noise: its pixels vary by about "
+            f"{step:.0f} grey levels from one to the next, but no item stands out from the "
+            "background, so there is nothing to classify. Upload a photo that shows the "
+            "clothing item."
+        )
     return BlankImageError(
         "The image is blank (a single flat colour), so there is nothing to classify. "
         "Upload a photo that shows the clothing item."
@@ -378,7 +402,7 @@ def _grey_to_canvas(grey: np.ndarray, info: dict[str, Any] | None = None) -> np.
     _, noise = _background(_border(smooth, ring_width) + level)
     contrast = float(smooth.max())
     if contrast < max(_MIN_CONTRAST, _NOISE_SIGMAS * noise):
-        raise _blank()
+        raise _blank(grey)
     if (height, width) == (IMAGE_SIZE, IMAGE_SIZE):
         # Already a model-sized canvas: keep its framing, re-trimming could only lose detail.
         box: tuple[int, int, int, int] | None = (0, 0, width, height)
@@ -390,7 +414,7 @@ def _grey_to_canvas(grey: np.ndarray, info: dict[str, Any] | None = None) -> np.
         item = (smooth > threshold) & (signal > threshold)
         box = _bounding_box(item, min_count=1 if small else 3)
     if box is None:
-        raise _blank()
+        raise _blank(grey)
     canvas, scale = _fit(signal, box)
     if scale < 1:
         canvas = _sharpen(canvas, _SHARPEN)
@@ -450,14 +474,19 @@ class Preprocessed:
 
     canvas: np.ndarray  # (28, 28) uint8
     features: dict[str, Any]  # width height aspect format mode background brightness bytes
+    #: The upload upright, in colour, already reduced (longest side < 2 * WORKING_SIZE), so a
+    #: page can show it without decoding it again; None for a JPEG decoded in grey (draft).
+    preview: Image.Image | None = None
 
 
 def analyse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocessed:
     """Upload bytes -> the canvas and the request features that feature rules can read."""
     info: dict[str, Any] = {"bytes": len(data)}
     image = _decode_for_canvas(bytes(data), max_pixels, info)
-    canvas = _grey_to_canvas(_to_grey(_reduce(image)), info)
-    return Preprocessed(canvas=canvas, features=info)
+    reduced = _reduce(image)
+    canvas = _grey_to_canvas(_to_grey(reduced), info)
+    grey_draft = image.mode == "L" and info["mode"] != "L"  # a colour JPEG decoded as luma
+    return Preprocessed(canvas=canvas, features=info, preview=None if grey_draft else reduced)
 
 
 def preprocess(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:

@@ -5,7 +5,9 @@ file is a hard error (nothing can be served without members); a missing, corrupt
 meta-model is reported as ``meta_error`` so stacking can fall back instead of failing, and a
 missing or corrupt ``blend.safetensors`` (the members' blend-split probabilities, kept so
 meta-models and cascade thresholds can be fitted later without the dataset) as ``blend_error``:
-serving never needs it. Nothing here unpickles anything.
+serving never needs it. A missing or corrupt ``abstention.json`` (the fitted uncertainty
+combiner, plain JSON numbers) is reported as ``abstention_error``: answers then never abstain.
+Nothing here unpickles anything.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ MANIFEST = "manifest.json"
 MEMBERS_FILE = "members.safetensors"
 META_FILE = "meta.safetensors"
 BLEND_FILE = "blend.safetensors"
+#: The fitted uncertainty combiner and abstention threshold (``ensembles.uncertainty``).
+ABSTENTION_FILE = "abstention.json"
 #: Arrays of the blend file: probabilities (K, N, C) in ``manifest["blend"]["members"]`` order,
 #: the blend labels and the blend images' positions in the training set.
 BLEND_ARRAYS = ("probabilities", "labels", "indices")
@@ -55,6 +59,10 @@ class Artifact:
     #: with ``blend_error`` saying why (older artifacts have none; serving never needs them).
     blend: dict[str, np.ndarray] | None = None
     blend_error: str | None = None
+    #: The abstention combiner's JSON (``ensembles.uncertainty.Abstainer``), or None with
+    #: ``abstention_error`` saying why: then every answer is given without abstaining.
+    abstention: dict | None = None
+    abstention_error: str | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -180,6 +188,24 @@ def _load_blend(
     return arrays, None
 
 
+def _load_abstention(path: Path, expected: str | None) -> tuple[dict | None, str | None]:
+    """The abstention combiner's JSON if listed and intact, else why not (never raises)."""
+    file = path / ABSTENTION_FILE
+    if expected is None:
+        return None, "abstention combiner not listed in the manifest"
+    if not file.is_file():
+        return None, "abstention file missing"
+    if sha256_file(file) != expected:
+        return None, "abstention file checksum mismatch (file changed since it was fitted)"
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"abstention file unreadable: {exc}"
+    if not isinstance(raw, dict):
+        return None, "abstention file does not hold a JSON object"
+    return raw, None
+
+
 def load_artifact(version: str | None = None, root: Path = ARTIFACT_ROOT) -> Artifact:
     """Load and verify one version (default: the newest)."""
     version = resolve_version(version, root)
@@ -207,4 +233,39 @@ def load_artifact(version: str | None = None, root: Path = ARTIFACT_ROOT) -> Art
     blend, blend_error = _load_blend(path, files.get(BLEND_FILE), manifest)
     if blend_error and BLEND_FILE in files:
         log.warning("artifact %s: %s; serving is unaffected", version, blend_error)
-    return Artifact(version, path, manifest, members, meta_arrays, meta_error, blend, blend_error)
+    abstention, abstention_error = _load_abstention(path, files.get(ABSTENTION_FILE))
+    if abstention_error:
+        log.warning("artifact %s: %s; answers will not abstain", version, abstention_error)
+    return Artifact(
+        version,
+        path,
+        manifest,
+        members,
+        meta_arrays,
+        meta_error,
+        blend,
+        blend_error,
+        abstention,
+        abstention_error,
+    )
+
+
+def record_file(path: Path, name: str, payload: bytes, section: str, record: dict) -> str:
+    """Add (or replace) one file of an existing artifact: write it, list its sha256 in the
+    manifest and keep how it was made under ``manifest[section]``; returns the sha256."""
+    if name in (MEMBERS_FILE, META_FILE, BLEND_FILE, MANIFEST) or "/" in name:
+        raise ValueError(f"{name!r} cannot be replaced this way")
+    manifest_path = path / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    target = path / name
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(payload)
+    partial.replace(target)
+    digest = sha256_file(target)
+    manifest.setdefault("files", {})[name] = digest
+    manifest[section] = dict(record, file=name)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    partial = manifest_path.with_name(MANIFEST + ".partial")
+    partial.write_text(text)
+    partial.replace(manifest_path)
+    return digest

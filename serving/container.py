@@ -9,6 +9,8 @@ from serving.deferred import DeferredRunner
 from serving.definitions import DefinitionService
 from serving.engine import ExperimentEngine
 from serving.guardian import Guardian
+from serving.metrics import Metrics
+from serving.monitoring import Monitor
 from serving.recorder import Recorder
 from serving.reports import Reports
 from serving.service import ModelHolder, PredictionService
@@ -26,6 +28,8 @@ class Services:
     definitions: DefinitionService
     reports: Reports
     guardian: Guardian
+    metrics: Metrics
+    monitor: Monitor
 
     def catalogue(self) -> catalogue.Catalogue:
         """Built-in and created strategies as they stand now (cached by the engine's TTL)."""
@@ -71,19 +75,31 @@ def build_services(
     process's background thread; ``decision_interval`` is how often (seconds) the guardian may
     evaluate one experiment in this process; ``client_label_cap`` is how many counted verdicts
     one client may contribute to one experiment (``CLIENT_LABEL_CAP``; None: no cap)."""
+    metrics = Metrics()
     engine = ExperimentEngine(db, lambda: models.bundle, ttl=ttl)
     recorder = Recorder(db, client_label_cap=client_label_cap)
     deferred = DeferredRunner(inline=inline_after)
     definitions = DefinitionService(db=db, engine=engine, bundle=lambda: models.bundle)
-    guardian = Guardian(db, definitions, interval=decision_interval, deferred=deferred)
+    guardian = Guardian(
+        db, definitions, interval=decision_interval, deferred=deferred, metrics=metrics
+    )
+    monitor = Monitor(db, lambda: models.bundle, deferred=deferred, on_drift=metrics.drift_checked)
+
+    def on_outcome(name: str | None) -> None:
+        guardian.observe(name)
+        monitor.observe(name)
+
     prediction = PredictionService(
         models=models,
         engine=engine,
         recorder=recorder,
         max_pixels=max_pixels,
         deferred=deferred,
-        on_outcome=guardian.observe,
+        on_outcome=on_outcome,
+        metrics=metrics,
     )
     reports = Reports(db, events=definitions.events)
     definitions.results = reports.results
-    return Services(models, db, engine, prediction, definitions, reports, guardian)
+    return Services(
+        models, db, engine, prediction, definitions, reports, guardian, metrics, monitor
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ensembles.base import Result
+from ensembles.uncertainty import NOT_ASSESSED, Assessment
 
 #: Contract fields that are also columns of ``predictions``.
 STORED_FIELDS: tuple[str, ...] = (
@@ -17,6 +18,8 @@ STORED_FIELDS: tuple[str, ...] = (
     "degraded",
     "latency_ms",
     "members_used",
+    "abstained",
+    "uncertainty",
 )
 
 
@@ -29,6 +32,7 @@ def prediction_body(
     version: str,
     latency_ms: float,
     row: int = 0,
+    assessment: Assessment = NOT_ASSESSED,
 ) -> dict[str, Any]:
     """The answer for one image of a result, keys in contract order."""
     index = int(result.predictions[row])
@@ -49,6 +53,9 @@ def prediction_body(
         "degraded": list(result.degraded),
         "model_version": version,
         "latency_ms": latency_ms,
+        # Not sure it is a clothing item at all; the label is still given (null: not scored).
+        "abstained": assessment.abstained,
+        "uncertainty": assessment.uncertainty,
     }
     if result.members_used is not None:
         body["members_used"] = int(result.members_used[row])

@@ -26,6 +26,7 @@ from experiments.spec import served_arms
 from serving.deferred import DeferredRunner
 from serving.definitions import DefinitionService
 from serving.errors import Conflict, NotFound
+from serving.metrics import Metrics
 from serving.reports import routed_inputs
 from store.db import Store
 
@@ -56,8 +57,10 @@ class Guardian:
         interval: float = 1.0,
         deferred: DeferredRunner | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics or Metrics()
         self.definitions = definitions
         self.interval = interval
         self.deferred = deferred or DeferredRunner(inline=True)
@@ -109,6 +112,7 @@ class Guardian:
         except (Conflict, NotFound) as exc:  # another worker decided first, or it was deleted
             log.info("guardian: %s on %s not applied: %s", verdict.action, name, exc)
             return None
+        self.metrics.decided(name, verdict.action, verdict.evidence)
         return verdict
 
     def _apply(self, row: Evaluated, verdict: Verdict) -> None:

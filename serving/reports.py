@@ -9,7 +9,10 @@ The unit of analysis is the randomisation unit, not the request (``store.units``
 assignment a client's requests all go to one arm, so SRM counts distinct units and accuracy is
 a ratio metric over units (correct / labelled per unit, delta-method variance), which keeps
 clustered traffic from overstating significance. For ``ab`` the first release's keys stay.
-Everything is read fresh from the store: no stale caches.
+Everything is read fresh from the store's roll-ups (``store.rollups``), kept up to date in the
+transaction of each write: no stale caches, and no read that grows with the history. Latency
+percentiles are over each arm's or strategy's newest ``LATENCY_ROWS`` (10,000) successful
+requests, read down an index.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from experiments.stats import (
     RatioStats,
     compare,
     compare_all,
-    percentile,
     sample_size,
     srm,
     wilson_interval,
 )
 from serving.catalogue import AB, AB_ARMS
+from store import queries, rollups
 from store.db import Store
+from store.rollups import SHARE_CHANGES
 from store.units import RATIO_FIELDS
 
 log = logging.getLogger(__name__)
@@ -43,8 +47,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MDE = 0.02
 DEFAULT_TUNING = 5000
 ALPHA = 0.05
-#: Events after which the configured shares differ from before.
-SHARE_CHANGES = ("weights_changed", "canary_changed", "canary_stepped")
 #: Events a report lists as its guardrail history.
 GUARDRAIL_EVENTS = ("guardrail_breached", "rolled_back")
 #: Points of the lift and accuracy charts, whatever the traffic.
@@ -70,12 +72,16 @@ def randomises_clients(definition: Mapping[str, Any]) -> bool:
 def routed_inputs(
     session: Session, name: str, definition: Mapping[str, Any]
 ) -> dict[str, ArmInputs]:
-    """What the guardrails judge per arm, read from the store (two bounded queries)."""
-    routed = store.unit_outcomes(
-        session, name, routed_only=True, by_client=randomises_clients(definition)
-    )
+    """What the guardrails judge per arm, read from the store's roll-ups and the newest
+    latencies (bounded reads: the guardian runs this every second per experiment)."""
+    routed = store.arm_scopes(session, name, by_client=randomises_clients(definition))["routed"]
     arms = list(dict.fromkeys([*served_arms(definition), *routed]))
-    return arm_inputs(routed, store.recent_latencies(session, name, arms, LATENCY_WINDOW))
+    return arm_inputs(routed, _guardrail_latencies(session, name, arms))
+
+
+def _guardrail_latencies(session: Session, name: str, arms: list[str]) -> dict[str, Any]:
+    """Each arm's p95 over its newest ``LATENCY_WINDOW`` latencies, as the guardian judges."""
+    return queries.arm_latency_percentiles(session, name, arms, LATENCY_WINDOW, (95,))
 
 
 def ratio_stats(numbers: Mapping[str, Any] | None) -> RatioStats:
@@ -106,10 +112,11 @@ def accuracy_interval(stats: RatioStats) -> tuple[float | None, float | None]:
 
 
 def _arm(
-    outcome: Mapping[str, Any] | None, latencies: list[float], by_unit: bool = False
+    outcome: Mapping[str, Any] | None, latency: Mapping[Any, Any], by_unit: bool = False
 ) -> dict[str, Any]:
-    """One arm's row of the results contract; with ``by_unit`` (``outcome`` from
-    ``store.unit_scopes``) the interval is unit-level and the row counts units."""
+    """One arm's row of the results contract (``latency``: its window's percentiles); with
+    ``by_unit`` (``outcome`` from ``store.arm_scopes``) the interval is unit-level and the row
+    counts units."""
     o = outcome or {}
     labelled, correct = int(o.get("labelled", 0)), int(o.get("correct", 0))
     if by_unit:
@@ -124,8 +131,8 @@ def _arm(
         "ci_low": ci_low,
         "ci_high": ci_high,
         "mean_confidence": o.get("mean_confidence"),
-        "latency_p50_ms": percentile(latencies, 50),
-        "latency_p95_ms": percentile(latencies, 95),
+        "latency_p50_ms": latency.get(50),
+        "latency_p95_ms": latency.get(95),
         "fallbacks": int(o.get("fallbacks", 0)),
         "errors": int(o.get("errors", 0)),
     }
@@ -208,20 +215,20 @@ def configured_mde(definition: Mapping[str, Any]) -> float:
 
 
 def arm_inputs(
-    routed: Mapping[str, Mapping[str, Any]], latencies: Mapping[str, list[float]]
+    routed: Mapping[str, Mapping[str, Any]], latencies: Mapping[str, Mapping[Any, Any]]
 ) -> dict[str, ArmInputs]:
-    """What the guardrails judge per arm: routed traffic (``store.unit_scopes``), unit-level
-    accuracy, the p95 of the newest ``LATENCY_WINDOW`` latencies (newest first)."""
+    """What the guardrails judge per arm: routed traffic (``store.arm_scopes``), unit-level
+    accuracy, the p95 of the newest ``LATENCY_WINDOW`` latencies and how many there were."""
     inputs = {}
     for arm in dict.fromkeys([*latencies, *routed]):
         o = routed.get(arm, {})
-        recent = latencies.get(arm, [])[:LATENCY_WINDOW]
+        recent = latencies.get(arm, {})
         inputs[arm] = ArmInputs(
             served=int(o.get("served", 0)),
             errors=int(o.get("errors", 0)),
             fallbacks=int(o.get("fallbacks", 0)),
-            latency_p95_ms=percentile(recent, 95),
-            latency_samples=len(recent),
+            latency_p95_ms=recent.get(95),
+            latency_samples=int(recent.get("samples", 0)),
             accuracy=ratio_stats(o),
         )
     return inputs
@@ -276,38 +283,19 @@ class Reports:
             expected = build_router(definition, row.state or {}).expected_shares()
         except Exception:  # a definition this code cannot build: no expectation to test
             expected = None
-        # Shares apply from their last change on: SRM counts only the units routed since.
+        # Shares apply from their last change on: SRM counts only the units routed since (the
+        # share epoch the change started).
         events = self.events(name)
         changed = next((e["at_time"] for e in events if e["kind"] in SHARE_CHANGES), None)
-        # One pass over the experiment's rows: every arm's numbers (all traffic) and what SRM
-        # counts (units routed since the last share change with a served request: an arm that
-        # loses units to errors loses data, which SRM should flag), plus whether any request was
-        # sent to one model by a pause or a decision, which is no assignment: only then do the
-        # guardrails' numbers (routed traffic) differ from all traffic and take a second pass.
-        routed = store.routing_scope(routed_only=True)
-        scopes = store.unit_scopes(
-            session,
-            name,
-            {
-                "all": store.routing_scope(),
-                "srm": store.routing_scope(changed, routed_only=True),
-                "fixed": ~routed,
-            },
-            by_client=by_client,
-            units_only=("srm", "fixed"),
-        )
-        outcomes = scopes["all"]
-        if scopes["fixed"]:
-            routed_outcomes = store.unit_outcomes(
-                session, name, routed_only=True, by_client=by_client
-            )
-        else:
-            routed_outcomes = outcomes
+        # Every arm's numbers over all traffic, and over routed traffic (requests a pause or a
+        # decision sent to one model are no assignment): what the guardrails judge.
+        scopes = store.arm_scopes(session, name, by_client=by_client)
+        outcomes, routed_outcomes = scopes["all"], scopes["routed"]
         arms = list(served_arms(definition))
         for extra in outcomes:  # an arm served earlier under another definition still shows
             if extra not in arms and extra not in shadow_arms(definition):
                 arms.append(extra)
-        latencies = store.recent_latencies(session, name, arms, LATENCY_ROWS)
+        latencies = queries.arm_latency_percentiles(session, name, arms, LATENCY_ROWS)
         table = {arm: _arm(outcomes.get(arm), latencies[arm], by_unit=True) for arm in arms}
         total = sum(a["served"] for a in table.values())
         for arm, numbers in table.items():
@@ -322,7 +310,11 @@ class Reports:
             c["samples_needed_per_arm"] = samples_needed(stats[control], stats[arm], mde)
             c["verdict"] = verdict(arm, c, control, row.decision)
         shadows = {}
-        for arm, o in store.shadow_outcomes(session, name).items():
+        shadow_runs = rollups.shadow_outcomes(session, name)
+        shadow_latencies = queries.shadow_latency_percentiles(
+            session, name, list(shadow_runs), LATENCY_ROWS
+        )
+        for arm, o in shadow_runs.items():
             ok = o["runs"] - o["errors"]
             shadows[arm] = {
                 "runs": o["runs"],
@@ -330,9 +322,9 @@ class Reports:
                 "agreement": o["agreement"] / ok if ok else None,
                 "labelled": o["labelled"],
                 "accuracy": o["correct"] / o["labelled"] if o["labelled"] else None,
-                "latency_p50_ms": percentile(o["latencies"], 50),
+                "latency_p50_ms": shadow_latencies[arm][50],
             }
-        srm_units = {arm: o["units"] for arm, o in scopes["srm"].items()}
+        srm_units = store.srm_units(session, name, by_client=by_client)
         check = srm(srm_units, expected) if expected else {"p_value": None, "detected": False}
         out: dict[str, Any] = {
             "experiment": name,
@@ -351,7 +343,10 @@ class Reports:
             "srm_since": changed.isoformat(timespec="seconds") if changed else None,
             "srm_units": srm_units,
             "guardrails": guardrails(
-                definition, control, arm_inputs(routed_outcomes, latencies), tuning
+                definition,
+                control,
+                arm_inputs(routed_outcomes, _guardrail_latencies(session, name, arms)),
+                tuning,
             ),
             "decision": row.decision,
             "events": [_event(e) for e in events],
@@ -399,8 +394,9 @@ class Reports:
 
     def lift_series(self, name: str, max_points: int = SERIES_POINTS) -> dict[str, Any]:
         """Per non-control arm, the difference from the control with its always-valid interval,
-        and per arm the cumulative accuracy with its interval, after each of at most
-        ``max_points`` runs of labelled outcomes (x = labelled outcomes so far, all arms)."""
+        and per arm the cumulative accuracy with its interval, at most ``max_points`` times
+        (the series checkpoints, every ``store.rollups.CHECKPOINT_LABELS`` labels, spread
+        evenly, and now; x = labelled outcomes so far, all arms)."""
         session = self.db.sessions()
         row = store.get_experiment(session, name)
         if row is None:
@@ -408,20 +404,16 @@ class Reports:
         definition, control = row.definition, row.control
         tuning = int(definition.get("sequential_tuning") or DEFAULT_TUNING)
         by_client = randomises_clients(definition)
-        increments = store.unit_series(session, name, max_points, by_client=by_client)
+        points = store.series(session, name, max_points, by_client=by_client)
         session.rollback()
-        arms = list(dict.fromkeys([*served_arms(definition), *(r["arm"] for r in increments)]))
-        totals = {arm: dict.fromkeys(RATIO_FIELDS, 0) for arm in arms}
+        seen = [arm for point in points for arm in point["arms"]]
+        arms = list(dict.fromkeys([*served_arms(definition), *seen]))
         lift: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms if arm != control}
         accuracy: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
         labelled = 0
-        for i, r in enumerate(increments):
-            labelled += r["labelled"]
-            for key in RATIO_FIELDS:
-                totals[r["arm"]][key] += r[key]
-            if i + 1 < len(increments) and increments[i + 1]["bucket"] == r["bucket"]:
-                continue  # the bucket's other arms first
-            stats = {arm: ratio_stats(t) for arm, t in totals.items()}
+        for point in points:
+            labelled = point["labelled"]
+            stats = {arm: ratio_stats(point["arms"].get(arm)) for arm in arms}
             for arm, s in stats.items():
                 if s.d_sum:
                     low, high = accuracy_interval(s)
@@ -477,15 +469,16 @@ class Reports:
 
     def stats(self, names: Iterable[str] = ()) -> dict[str, Any]:
         """``GET /api/v1/stats``: totals and per-requested-strategy outcomes (every strategy in
-        ``names`` appears, with zeros before its first request)."""
+        ``names`` appears, with zeros before its first request); p50/p95 over each strategy's
+        newest ``LATENCY_ROWS`` (10,000) successful requests."""
         session = self.db.sessions()
-        by_strategy = store.strategy_outcomes(session)
-        latencies = store.strategy_latencies(session)
+        by_strategy = rollups.strategy_outcomes(session)
+        latencies = queries.strategy_latency_percentiles(session, LATENCY_ROWS)
         ordered = list(dict.fromkeys([*names, *sorted(by_strategy)]))
         body = {
-            "total_predictions": store.total_predictions(session),
+            "total_predictions": rollups.total_predictions(session),
             "by_strategy": {
-                name: _arm(by_strategy.get(name), latencies.get(name, [])) for name in ordered
+                name: _arm(by_strategy.get(name), latencies.get(name, {})) for name in ordered
             },
         }
         session.rollback()

@@ -13,8 +13,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,13 +24,17 @@ import torch
 from ensembles.base import EnsembleError, Result
 from ensembles.bundle import EnsembleBundle
 from ensembles.composite import Node, predict_node
+from ensembles.uncertainty import assess_one
 from experiments.assignment import hash_client_id
-from models.preprocess import DEFAULT_MAX_PIXELS, Preprocessed, analyse
-from models.tensor import to_tensor
+from experiments.routers import Route
+from models.preprocess import DEFAULT_MAX_PIXELS, Preprocessed, PreprocessError, analyse
+from models.tensor import IMAGE_SIZE, to_tensor
 from serving.contract import STORED_FIELDS, prediction_body
 from serving.deferred import DeferredRunner
 from serving.engine import ExperimentEngine, LiveExperiment
 from serving.errors import Conflict, InvalidRequest, NotFound, TooManyRequests, Unavailable
+from serving.inference_protocol import MAX_BATCH
+from serving.metrics import Metrics
 from serving.recorder import Recorder
 from store.feedback import FeedbackLimitReached, Verdict
 from store.models import new_id
@@ -62,13 +67,47 @@ class Served:
     canvas: np.ndarray
     after: list[Callable[[], None]] = field(default_factory=list)
     runner: DeferredRunner | None = None
+    #: The decoded upload (reduced, upright), for a page's thumbnail without a second decode.
+    preview: Any = None
 
     def run_after(self) -> None:
         """Hand the deferred work (shadow arms) over, once the answer is out; never raises."""
-        runner = self.runner or DeferredRunner(inline=True)
-        for job in self.after:
-            runner.submit(job)
-        self.after.clear()
+        hand_over(self.after, self.runner)
+
+
+@dataclass
+class BatchServed:
+    """A served batch: one contract body per image, in order, and work for after the answer."""
+
+    bodies: list[dict[str, Any]]
+    after: list[Callable[[], None]] = field(default_factory=list)
+    runner: DeferredRunner | None = None
+
+    def run_after(self) -> None:
+        """Hand the deferred work (shadow arms) over, once the answer is out; never raises."""
+        hand_over(self.after, self.runner)
+
+
+def hand_over(after: list[Callable[[], None]], runner: DeferredRunner | None) -> None:
+    """Submit deferred jobs (inline when no runner is given) and forget them."""
+    runner = runner or DeferredRunner(inline=True)
+    for job in after:
+        runner.submit(job)
+    after.clear()
+
+
+def raw_features(canvas: np.ndarray) -> dict[str, Any]:
+    """Request features of a 28x28 canvas sent as pixels (no file, so no format or size)."""
+    return {
+        "width": IMAGE_SIZE,
+        "height": IMAGE_SIZE,
+        "aspect": 1.0,
+        "format": "raw",
+        "mode": "L",
+        "background": "dark",
+        "brightness": round(float(canvas.mean()) / 255.0, 4),
+        "bytes": int(canvas.size),
+    }
 
 
 def parse_features(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -162,8 +201,10 @@ class PredictionService:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         deferred: DeferredRunner | None = None,
         on_outcome: Callable[[str | None], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.models = models
+        self.metrics = metrics or Metrics()
         #: Told the experiment (or None) of every recorded outcome: the guardian's trigger.
         self.on_outcome = on_outcome or (lambda name: None)
         self.engine = engine
@@ -175,9 +216,11 @@ class PredictionService:
     def bundle(self) -> EnsembleBundle:
         """The loaded ensembles, or a 503 saying why there are none."""
         if self.models.bundle is None:
+            # The load error names paths and exception text: the log has it, the client not.
+            log.error("no model loaded: %s", self.models.error)
             raise Unavailable(
-                f"No model is loaded ({self.models.error}). Ask the operator to train or install "
-                "an artifact (make train) and restart the service."
+                "No model is loaded (the server log says why). Ask the operator to train or "
+                "install an artifact (make train) and restart the service."
             )
         return self.models.bundle
 
@@ -188,7 +231,9 @@ class PredictionService:
         created = [n for n in snap.ensembles if n in snap.nodes]
         return tuple(bundle.ensembles) + tuple(snap.experiments) + tuple(sorted(created))
 
-    def _target(self, strategy: str | None) -> tuple[Node | None, LiveExperiment | None]:
+    def _target(
+        self, strategy: str | None, members: bool = False
+    ) -> tuple[Node | None, LiveExperiment | None]:
         if not strategy:
             raise InvalidRequest(
                 f'"strategy" is required: choose one of {", ".join(self.strategies())}.',
@@ -200,7 +245,8 @@ class PredictionService:
         if strategy in snap.broken:
             raise Conflict(f"{snap.broken[strategy]}. Choose another strategy.", field="strategy")
         created_or_builtin = strategy in snap.ensembles or strategy in self.bundle().ensembles
-        if created_or_builtin and strategy in snap.nodes:
+        member = members and strategy in self.bundle().bank.names
+        if (created_or_builtin or member) and strategy in snap.nodes:
             return snap.nodes[strategy], None
         raise InvalidRequest(
             f"Unknown strategy {strategy[:40]!r}: choose one of {', '.join(self.strategies())}.",
@@ -215,36 +261,42 @@ class PredictionService:
         features: Mapping[str, Any] | str | None = None,
     ) -> Served:
         """Classify one uploaded image with the requested strategy and record the outcome."""
+        try:
+            return self._predict(data, strategy, client_id, features)
+        except Exception as exc:
+            self.metrics.failed(self._known_strategy(strategy), exc)
+            raise
+
+    def _known_strategy(self, strategy: str | None) -> str | None:
+        """``strategy`` if it names a servable model or experiment (a bounded metric label)."""
+        try:
+            self._target(strategy)
+        except Exception:
+            return None
+        return strategy
+
+    def _predict(
+        self,
+        data: bytes,
+        strategy: str | None,
+        client_id: str | None,
+        features: Mapping[str, Any] | str | None,
+    ) -> Served:
         client_id = check_client_id(client_id)
         user_features = parse_features(features)
         bundle = self.bundle()
         node, experiment = self._target(strategy)
         started = time.perf_counter()
         pre = self.preprocess(data, self.max_pixels)
-        request_features = {**user_features, **pre.features}
-        route = None
+        assert strategy is not None
+        node, route, row = self._route(
+            strategy, node, experiment, client_id, data, {**user_features, **pre.features}, pre
+        )
         if experiment is not None:
-            route = self.engine.route(experiment, client_id, request_features)
-            node = self.engine.snapshot().nodes.get(route.arm)
-            if node is None:
-                raise Unavailable(
-                    f"Experiment {experiment.name} routed to {route.arm}, which cannot be served "
-                    "with the loaded model version. Ask the operator to check the experiment."
-                )
-        assert node is not None and strategy is not None
-        row: dict[str, Any] = {
-            "id": new_id(),
-            "strategy": strategy,
-            "experiment": experiment.name if experiment else None,
-            "arm": node.name,
-            "route_reason": route.reason[:32] if route else None,
-            "model_version": bundle.version,
-            "client_hash": hash_client_id(client_id) if client_id else None,
-            "image_sha256": hashlib.sha256(data).hexdigest(),
-            "features": request_features,
-        }
+            self.metrics.routed(experiment.name, experiment.router.kind, node.name)
         x = to_tensor(pre.canvas[None])
-        result = self._run(node, bundle, x, row, started)
+        result = self._run(node, bundle, x, [row], started)
+        assessment = assess_one(bundle.abstainer, result, pre.features, pre.canvas, data)
         body = prediction_body(
             result,
             prediction_id=row["id"],
@@ -252,8 +304,15 @@ class PredictionService:
             experiment=row["experiment"],
             version=bundle.version,
             latency_ms=_milliseconds(started),
+            assessment=assessment,
         )
         self.recorder.prediction(**row, **{k: body.get(k) for k in STORED_FIELDS})
+        self.metrics.served(
+            strategy=strategy,
+            model=node.name,
+            version=bundle.version,
+            body=body,
+        )
         self.on_outcome(row["experiment"])
         log.info(
             "prediction %s: %s via %s -> %s (%.3f) in %.1f ms%s",
@@ -265,24 +324,177 @@ class PredictionService:
             body["latency_ms"],
             f", fallback {body['fallback']['model']}" if body["fallback"] else "",
         )
-        served = Served(body=body, canvas=pre.canvas, runner=self.deferred)
+        served = Served(body=body, canvas=pre.canvas, runner=self.deferred, preview=pre.preview)
         if route is not None and route.shadows:
             served.after.append(lambda: self._shadows(route.shadows, x, row, body))
         return served
 
+    def describe_model(self, name: str) -> tuple[str, str | None]:
+        """(kind, why it cannot serve or None) of a member, ensemble or experiment; 404 else."""
+        snap = self.engine.snapshot()
+        bundle = self.bundle()
+        if name in snap.experiments:
+            return "experiment", None
+        if name in bundle.bank.names:
+            return "member", None
+        if name in bundle.ensembles or name in snap.ensembles:
+            return "ensemble", snap.broken.get(name)
+        known = (*self.strategies(), *bundle.bank.names)
+        raise NotFound(f"Unknown model {name[:40]!r}: the models are {', '.join(known)}.")
+
+    def predict_batch(
+        self,
+        images: Sequence[bytes] | np.ndarray,
+        name: str,
+        client_id: str | None = None,
+        features: Mapping[str, Any] | str | None = None,
+    ) -> BatchServed:
+        """Classify a batch with one model name (a member too), one forward per serving arm.
+
+        ``images`` are encoded files (the upload preprocessing applies, as on predict) or a
+        ``(N, 28, 28) uint8`` array used as is. Each image is routed (for an experiment) and
+        recorded like a single prediction; its latency is its share of the batch's time.
+        """
+        if not 0 < len(images) <= MAX_BATCH:
+            raise InvalidRequest(f"A batch holds 1 to {MAX_BATCH} images, not {len(images)}.")
+        client_id = check_client_id(client_id)
+        user_features = parse_features(features)
+        bundle = self.bundle()
+        node, experiment = self._target(name, members=True)
+        started = time.perf_counter()
+        if isinstance(images, np.ndarray):
+            files = [canvas.tobytes() for canvas in images]
+            pres = [Preprocessed(canvas=canvas, features=raw_features(canvas)) for canvas in images]
+        else:
+            files = list(images)
+            pres = [self._preprocess_nth(index, data) for index, data in enumerate(files)]
+        arms: dict[str, tuple[Node, list[int]]] = {}
+        routes: list[Route | None] = []
+        rows: list[dict[str, Any]] = []
+        for index, (data, pre) in enumerate(zip(files, pres, strict=True)):
+            served_by, route, row = self._route(
+                name, node, experiment, client_id, data, {**user_features, **pre.features}, pre
+            )
+            arms.setdefault(served_by.name, (served_by, []))[1].append(index)
+            routes.append(route)
+            rows.append(row)
+            if experiment is not None:
+                self.metrics.routed(experiment.name, experiment.router.kind, served_by.name)
+        bodies: list[dict[str, Any]] = [{} for _ in files]
+        inputs: list[torch.Tensor] = [torch.empty(0)] * len(files)
+        for served_by, indices in arms.values():
+            x = to_tensor(np.stack([pres[i].canvas for i in indices]))
+            try:
+                result = self._run(served_by, bundle, x, [rows[i] for i in indices], started)
+            except Exception:
+                self._abort_batch(rows, set(indices), served_by.name, started)
+                raise
+            for j, i in enumerate(indices):
+                inputs[i] = x[j : j + 1]
+                bodies[i] = prediction_body(
+                    result,
+                    prediction_id=rows[i]["id"],
+                    strategy=name,
+                    experiment=rows[i]["experiment"],
+                    version=bundle.version,
+                    latency_ms=0.0,
+                    row=j,
+                )
+        share = _milliseconds(started) / len(files)
+        for row, body in zip(rows, bodies, strict=True):
+            body["latency_ms"] = round(share, 3)
+            self.recorder.prediction(**row, **{k: body.get(k) for k in STORED_FIELDS})
+            self.metrics.served(strategy=name, model=row["arm"], version=bundle.version, body=body)
+        self.on_outcome(rows[0]["experiment"])
+        log.info(
+            "batch of %d: %s via %s in %.1f ms",
+            len(files),
+            name,
+            ", ".join(f"{arm} x{len(indices)}" for arm, (_, indices) in arms.items()),
+            share * len(files),
+        )
+        served = BatchServed(bodies=bodies, runner=self.deferred)
+        for route, x, row, body in zip(routes, inputs, rows, bodies, strict=True):
+            if route is not None and route.shadows:
+                served.after.append(partial(self._shadows, route.shadows, x, row, body))
+        return served
+
+    def _abort_batch(
+        self, rows: Sequence[dict], recorded: set[int], failed: str, started: float
+    ) -> None:
+        """Record the images of a batch that one arm's failure left unanswered (the failed arm's
+        own rows are recorded by ``_run``): every image of a request is recorded."""
+        for index, row in enumerate(rows):
+            if index not in recorded:
+                self.recorder.prediction(
+                    **row,
+                    latency_ms=_milliseconds(started),
+                    error=f"BatchAborted: {failed} failed in the same batch, so no image of "
+                    "it was answered",
+                )
+
+    def _preprocess_nth(self, index: int, data: bytes) -> Preprocessed:
+        """The upload preprocessing of one file of a batch; its error names the file."""
+        try:
+            return self.preprocess(data, self.max_pixels)
+        except PreprocessError as exc:
+            raise type(exc)(f"image[{index}]: {exc}") from None
+
+    def _route(
+        self,
+        strategy: str,
+        node: Node | None,
+        experiment: LiveExperiment | None,
+        client_id: str | None,
+        data: bytes,
+        request_features: dict[str, Any],
+        pre: Preprocessed,
+    ) -> tuple[Node, Route | None, dict[str, Any]]:
+        """The node that serves one image (an experiment's router picks the arm) and its row."""
+        route = None
+        if experiment is not None:
+            route = self.engine.route(experiment, client_id, request_features)
+            node = self.engine.snapshot().nodes.get(route.arm)
+            if node is None:
+                raise Unavailable(
+                    f"Experiment {experiment.name} routed to {route.arm}, which cannot be served "
+                    "with the loaded model version. Ask the operator to check the experiment."
+                )
+        assert node is not None
+        row: dict[str, Any] = {
+            "id": new_id(),
+            "strategy": strategy,
+            "experiment": experiment.name if experiment else None,
+            "arm": node.name,
+            "route_reason": route.reason[:32] if route else None,
+            "model_version": self.bundle().version,
+            "client_hash": hash_client_id(client_id) if client_id else None,
+            "image_sha256": hashlib.sha256(data).hexdigest(),
+            "features": request_features,
+            "canvas": pre.canvas.tobytes(),  # 784 bytes: the result page's 28x28 view
+        }
+        return node, route, row
+
     def _run(
-        self, node: Node, bundle: EnsembleBundle, x: torch.Tensor, row: dict, started: float
+        self,
+        node: Node,
+        bundle: EnsembleBundle,
+        x: torch.Tensor,
+        rows: Sequence[dict],
+        started: float,
     ) -> Result:
-        """One forward; a failure is recorded as a failed prediction before it is raised."""
+        """One forward; a failure is recorded as failed predictions (one per row) before it is
+        raised."""
         try:
             return predict_node(node, bundle.bank, x)
         except Exception as exc:
-            self.recorder.prediction(
-                **row, latency_ms=_milliseconds(started), error=f"{type(exc).__name__}: {exc}"
-            )
-            self.on_outcome(row["experiment"])
+            for row in rows:
+                self.recorder.prediction(
+                    **row, latency_ms=_milliseconds(started), error=f"{type(exc).__name__}: {exc}"
+                )
+            self.on_outcome(rows[0]["experiment"])
             if isinstance(exc, EnsembleError):
-                log.error("prediction %s failed (%s): %s", row["id"], node.name, exc)
+                log.error("prediction %s failed (%s): %s", rows[0]["id"], node.name, exc)
                 raise Unavailable(
                     f"The {node.name} ensemble could not answer: {exc}. Try another strategy, "
                     "or ask the operator to check the model artifact."

@@ -2,9 +2,11 @@
 
 Predictions and their feedback; created ensembles, experiments and their events
 (``store.definitions``); statistics inputs aggregated in SQL (``store.queries``, and per
-randomisation unit in ``store.units``); the schema from Alembic migrations (``store.migrate``,
-``store/migrations/``). Nothing here needs Flask except ``init_app``/``get_session``/
-``get_store``: a service opens its own with ``open_store``.
+randomisation unit in ``store.units``), which the roll-ups kept up to date on write
+(``store.rollups``) give the read endpoints at a cost flat in history; the schema from
+Alembic migrations (``store.migrate``, ``store/migrations/``). Nothing here needs Flask
+except ``init_app``/``get_session``/``get_store``: a service opens its own with
+``open_store``.
 
 Feedback policy (``store.feedback``): ``feedback`` holds one effective verdict per prediction
 (what statistics read) and ``feedback_events`` every submission with its time. The first client
@@ -47,7 +49,9 @@ from store.models import (
     FeedbackEvent,
     Prediction,
 )
+from store.monitoring import recent_window
 from store.queries import (
+    abstentions_by_strategy,
     accuracy_points,
     add_prediction,
     arm_latencies,
@@ -65,9 +69,11 @@ from store.queries import (
     strategy_outcomes,
     total_predictions,
 )
+from store.rollups import arm_scopes, series, srm_units
 from store.units import unit_outcomes, unit_scopes, unit_series
 
 __all__ = [
+    "recent_window",
     "Base",
     "ConcurrentChangeError",
     "DefinitionNotFound",
@@ -86,6 +92,7 @@ __all__ = [
     "add_prediction",
     "arm_latencies",
     "arm_outcomes",
+    "arm_scopes",
     "correct_feedback",
     "create_definition",
     "current_revision",
@@ -110,10 +117,13 @@ __all__ = [
     "ping",
     "recent_latencies",
     "recent_predictions",
+    "abstentions_by_strategy",
     "record_feedback",
     "records_by",
     "reward_window",
     "routing_scope",
+    "series",
+    "srm_units",
     "shadow_outcomes",
     "shadows_of",
     "strategy_latencies",

@@ -3,7 +3,8 @@
 The request path writes one prediction per transaction (``add_prediction``); a benchmark that
 needs a million rows, or an import of history, goes through here instead: one multi-row INSERT
 per table and chunk, the effective verdict and its history row written together as
-``store.feedback`` would have written a first client verdict.
+``store.feedback`` would have written a first client verdict, and the chunk's roll-ups
+(``store.rollups``) summed in Python and applied as one upsert per unit, arm and strategy.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from store.models import Feedback, FeedbackEvent, Prediction, new_id
+from store import rollups
+from store.models import Feedback, FeedbackEvent, Prediction, new_id, utcnow
 
 
 def add_predictions(
@@ -22,10 +24,12 @@ def add_predictions(
     predictions: Sequence[Mapping[str, Any]],
     verdicts: Mapping[int, int] | None = None,
 ) -> list[str]:
-    """Insert ``predictions`` (``Prediction`` columns; ``id`` made when absent) and, for the
-    row at index ``i`` in ``verdicts``, a counted first verdict of class ``verdicts[i]``;
-    commits once and returns the ids."""
-    rows = [{"id": new_id(), **row} for row in predictions]
+    """Insert ``predictions`` (``Prediction`` columns; ``id`` and ``created_at`` (now) made
+    when absent) and, for the
+    row at index ``i`` in ``verdicts``, a counted first verdict of class ``verdicts[i]``, with
+    their roll-ups; commits once and returns the ids."""
+    now = utcnow()
+    rows = [{"id": new_id(), "created_at": now, **row} for row in predictions]
     verdicts = verdicts or {}
     feedback, events = [], []
     for index, true_class in verdicts.items():
@@ -59,6 +63,7 @@ def add_predictions(
         if feedback:
             session.execute(insert(Feedback), feedback)
             session.execute(insert(FeedbackEvent), events)
+        rollups.record_predictions(session, rows, verdicts)
         session.commit()
     except BaseException:
         session.rollback()

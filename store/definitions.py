@@ -31,6 +31,7 @@ from store.models import (
     ExperimentRow,
     utcnow,
 )
+from store.rollups import SHARE_CHANGES
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,8 @@ def update_experiment(
         for field, value in changes.items():
             setattr(row, field, copy.deepcopy(value))
         row.updated_at = now
+        if kind in SHARE_CHANGES:  # SRM counts the units of the new shares from here on
+            row.share_epoch = (row.share_epoch or 0) + 1
         session.add(
             ExperimentEvent(
                 experiment=name,

@@ -18,9 +18,11 @@ The policy that keeps a client from forging results (issue 9's security review):
 - At most ``max_submissions`` client submissions are kept per prediction; the next raises
   ``FeedbackLimitReached`` (HTTP 429), so one prediction id cannot grow the history without end.
 
-Each function commits (or rolls back) before it returns. On SQLite the history row is written
-first, so the database's write lock is held while the counts are read and the cap is exact; on
-Postgres an advisory lock per (scope, client) serialises the counting.
+Each function commits (or rolls back) before it returns; a verdict that changes the effective
+one moves the roll-ups (``store.rollups.record_verdict``) in the same transaction. On SQLite
+the history row is written first, so the database's write lock is held while the counts are
+read and the cap is exact; on Postgres an advisory lock per (scope, client) serialises the
+counting.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from store import rollups
 from store.errors import StoreError
 from store.models import Feedback, FeedbackEvent, Prediction, utcnow
 from store.queries import _count_if
@@ -154,6 +157,7 @@ def record_feedback(
             outcome = "first"
             event.counted = True
             existing = _set_effective(session, None, prediction_id, true_class_index, correct, at)
+            rollups.record_verdict(session, prediction, None, true_class_index)
         effective = None if existing is None else bool(existing.correct)
         return Verdict(
             prediction_id, true_class_index, correct, outcome == "first", outcome, effective, at
@@ -260,7 +264,9 @@ def correct_feedback(
         )
         session.flush()
         existing = _effective(session, prediction.id)
+        before = None if existing is None else existing.true_class_index
         _set_effective(session, existing, prediction.id, true_class_index, correct, at)
+        rollups.record_verdict(session, prediction, before, true_class_index)
         return Verdict(prediction.id, true_class_index, correct, True, "corrected", correct, at)
 
     verdict = _commit_retrying(session, write)

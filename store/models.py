@@ -11,11 +11,14 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     LargeBinary,
     String,
+    Table,
     Text,
     TypeDecorator,
     false,
@@ -69,6 +72,12 @@ class Base(DeclarativeBase):
     """Declarative base holding the metadata the migrations build (store/migrations/)."""
 
 
+#: The rows latency percentiles are taken over: successful, served (not shadow runs).
+SERVED_OK = "error IS NULL AND shadow_of IS NULL"
+#: The first release's successful ab rows (no experiment column then): a fixed, small set.
+LEGACY_AB_OK = f"experiment IS NULL AND strategy = 'ab' AND {SERVED_OK}"
+
+
 class Prediction(Base):
     """One prediction request (or shadow run): what was asked, which arm served, what it said."""
 
@@ -77,6 +86,42 @@ class Prediction(Base):
         Index("ix_predictions_strategy_arm", "strategy", "arm"),
         # Also the index for ``experiment`` alone (its leading column): results read by it.
         Index("ix_predictions_experiment_arm_created_at", "experiment", "arm", "created_at"),
+        # The bounded latency windows behind p50/p95, read from the index alone (successful
+        # served rows only; the filtered columns are in it, always NULL, so no row is read):
+        # per requested strategy, per experiment arm, and the first release's ab rows.
+        Index(
+            "ix_predictions_strategy_latency",
+            "strategy",
+            "created_at",
+            "latency_ms",
+            "error",
+            "shadow_of",
+            sqlite_where=text(SERVED_OK),
+            postgresql_where=text(SERVED_OK),
+        ),
+        Index(
+            "ix_predictions_arm_latency",
+            "experiment",
+            "arm",
+            "created_at",
+            "latency_ms",
+            "error",
+            "shadow_of",
+            sqlite_where=text(SERVED_OK),
+            postgresql_where=text(SERVED_OK),
+        ),
+        Index(
+            "ix_predictions_legacy_ab_latency",
+            "arm",
+            "created_at",
+            "latency_ms",
+            "experiment",
+            "strategy",
+            "error",
+            "shadow_of",
+            sqlite_where=text(LEGACY_AB_OK),
+            postgresql_where=text(LEGACY_AB_OK),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -114,6 +159,13 @@ class Prediction(Base):
     route_reason: Mapped[str | None] = mapped_column(String(32))
     #: The request features (width, height, format, ... and the client's), for drift monitoring.
     features: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    #: The 28x28 uint8 image the model saw (784 bytes, row-major), for the result page; the
+    #: upload itself is never stored.
+    canvas: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: The answer said "not sure: this may not be a clothing item" (its label is still given).
+    abstained: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The abstention combiner's score in [0, 1]; NULL when none was fitted or it was not run.
+    uncertainty: Mapped[float | None]
 
     feedback: Mapped[Feedback | None] = relationship(
         back_populates="prediction", uselist=False, lazy="raise"
@@ -211,6 +263,8 @@ class ExperimentRow(Base):
     rr_counter: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     #: Bumped on every change, so a worker's cache and a PATCH can tell they are stale.
     revision: Mapped[int] = mapped_column(default=1, server_default=text("1"))
+    #: Bumped by every change of the configured shares: SRM counts the units of this epoch.
+    share_epoch: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     builtin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: The secret HMAC key of sticky assignment (``experiments.assignment``): random, made at
     #: creation, never changed, and never part of any answer, event, report, log or page.
@@ -237,3 +291,130 @@ class ExperimentEvent(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+class AuthFailure(Base):
+    """One failed admin sign-in, by client address: the shared count every worker limits by."""
+
+    __tablename__ = "auth_failures"
+    __table_args__ = (Index("ix_auth_failures_client_at", "client", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The client's address (behind the proxy: the one it forwarded).
+    client: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class IdempotentAnswer(Base):
+    """The first answer to a predict request that carried an ``Idempotency-Key``, per client."""
+
+    __tablename__ = "idempotent_answers"
+
+    #: Who sent it (sha256 of the client id, else of the address) and the key it chose.
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: sha256 of what was asked (image, strategy, features): the same key with another request
+    #: is refused rather than answered with the first request's result.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    #: The answer's JSON body; NULL while the first request is still being served.
+    body: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+def _key(name: str) -> Column[str]:
+    return Column(name, String(64), primary_key=True)
+
+
+def _counters(*names: str) -> list[Column[Any]]:
+    """Counter columns of a roll-up, 0 when a row is made (``confidence_sum`` is a float)."""
+    return [
+        Column(
+            name,
+            Float() if name.endswith("confidence_sum") else BigInteger(),
+            nullable=False,
+            server_default=text("0"),
+        )
+        for name in names
+    ]
+
+
+#: Request counts of one slice of served traffic (``store.rollups``).
+COUNT_FIELDS = (
+    "requests",
+    "served",
+    "errors",
+    "fallbacks",
+    "confidences",
+    "confidence_sum",
+    "labelled",
+    "correct",
+)
+#: Unit-level sums beside them: units with a served request, and the ratio statistics' sums
+#: of squares and products (``n`` labelled units; ``m_sum``/``d_sum`` are correct/labelled).
+UNIT_SUM_FIELDS = ("units", "n", "m_sum_squares", "d_sum_squares", "m_d_sum_of_products")
+#: The two slices of an experiment's traffic kept: all of it, and what its router routed.
+ROLLUP_SCOPES = ("all", "routed")
+#: A client's counts within one experiment arm (per scope).
+UNIT_FIELDS = ("served", "d", "m")
+
+
+def _scoped(fields: tuple[str, ...]) -> list[str]:
+    return [f"{scope}_{field}" for scope in ROLLUP_SCOPES for field in fields]
+
+
+#: Per (experiment, arm, client): served, labelled (d) and correct (m) counts per scope.
+rollup_units = Table(
+    "rollup_units",
+    Base.metadata,
+    _key("experiment"),
+    _key("arm"),
+    _key("unit"),
+    *_counters(*_scoped(UNIT_FIELDS)),
+)
+#: Per (experiment, arm): request counts and unit-level sums per scope.
+rollup_arms = Table(
+    "rollup_arms",
+    Base.metadata,
+    _key("experiment"),
+    _key("arm"),
+    *_counters(*_scoped(COUNT_FIELDS + UNIT_SUM_FIELDS)),
+)
+#: Per requested strategy: request counts over all served traffic (the stats page).
+rollup_strategies = Table(
+    "rollup_strategies", Base.metadata, _key("strategy"), *_counters(*COUNT_FIELDS)
+)
+#: The clients with a served routed request in a share epoch (what SRM counts).
+rollup_epoch_units = Table(
+    "rollup_epoch_units",
+    Base.metadata,
+    _key("experiment"),
+    Column("epoch", BigInteger(), primary_key=True),
+    _key("arm"),
+    _key("unit"),
+)
+#: Per (experiment, epoch, arm): routed requests, served ones, anonymous served, distinct clients.
+rollup_epoch_arms = Table(
+    "rollup_epoch_arms",
+    Base.metadata,
+    _key("experiment"),
+    Column("epoch", BigInteger(), primary_key=True),
+    _key("arm"),
+    *_counters("requests", "served", "anonymous", "clients"),
+)
+#: Per (experiment, shadow model): runs, errors, agreement with the served answer, accuracy.
+rollup_shadows = Table(
+    "rollup_shadows",
+    Base.metadata,
+    _key("experiment"),
+    _key("arm"),
+    *_counters("runs", "errors", "agreement", "labelled", "correct"),
+)
+#: Each arm's all-traffic sums when the experiment's labels reached ``labelled``: the series.
+rollup_checkpoints = Table(
+    "rollup_checkpoints",
+    Base.metadata,
+    _key("experiment"),
+    Column("labelled", BigInteger(), primary_key=True),
+    _key("arm"),
+    *_counters("all_labelled", "all_correct", *(f"all_{f}" for f in UNIT_SUM_FIELDS[1:])),
+)

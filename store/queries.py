@@ -8,22 +8,40 @@ read the effective verdict (``feedback``), never the history.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, selectinload
 
-from store.models import Feedback, Prediction
+from store import rollups
+from store.models import Feedback, Prediction, rollup_strategies
+from store.rollups import AB, FIXED_ROUTES
 
-AB = "ab"
-#: ``route_reason`` of requests that no router decided (the experiment was paused or decided).
-FIXED_ROUTES = ("paused", "completed", "rolled_back")
+#: The first release's successful ab rows (``store.models.LEGACY_AB_OK``), columns qualified
+#: (the window's union names its table).
+LEGACY_AB_WHERE = (
+    "predictions.experiment IS NULL AND predictions.strategy = 'ab' "
+    "AND predictions.error IS NULL AND predictions.shadow_of IS NULL"
+)
 
 
 def add_prediction(session: Session, **fields: Any) -> Prediction:
-    """Insert one prediction row in its own short transaction, so a worker holds no lock long.
+    """Insert one prediction row and its roll-ups (``store.rollups``) in its own short
+    transaction, so a worker holds no lock long and the roll-ups never drift from the rows.
 
     ``fields`` are ``Prediction``'s columns, including the routing ones: ``experiment``, ``arm``,
     ``members_used``, ``shadow_of`` (a shadow run's served prediction), ``route_reason`` and
@@ -32,6 +50,8 @@ def add_prediction(session: Session, **fields: Any) -> Prediction:
     row = Prediction(**fields)
     session.add(row)
     try:
+        session.flush()
+        rollups.record_predictions(session, [fields])
         session.commit()
     except BaseException:
         session.rollback()
@@ -114,6 +134,21 @@ def recent_predictions(session: Session, limit: int = 25) -> list[Prediction]:
         .limit(limit)
     )
     return list(session.scalars(query))
+
+
+def abstentions_by_strategy(session: Session) -> dict[str, dict[str, int]]:
+    """Per requested strategy: answered predictions and how many of them abstained."""
+    answered = (Prediction.shadow_of.is_(None)) & (Prediction.error.is_(None))
+    query = (
+        select(Prediction.strategy, func.count(), _count_if(Prediction.abstained == true()))
+        .where(answered)
+        .group_by(Prediction.strategy)
+        .order_by(Prediction.strategy)
+    )
+    return {
+        strategy: {"answered": int(total), "abstained": int(abstained)}
+        for strategy, total, abstained in session.execute(query)
+    }
 
 
 def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
@@ -264,8 +299,109 @@ def arm_latencies(
 
 
 def strategy_latencies(session: Session, limit: int | None = None) -> dict[str, list[float]]:
-    """Successful served latencies (ms) per requested strategy, newest first."""
+    """Successful served latencies (ms) per requested strategy, newest first (every one: the
+    oracle of ``recent_strategy_latencies``)."""
     return _latencies(session, Prediction.strategy, _ALL_SERVED, limit)
+
+
+#: Latency percentiles a summary carries: the median and the p95.
+PERCENTILES = (50, 95)
+
+
+def _window_percentiles(
+    session: Session, window: Select[Any], qs: tuple[int, ...]
+) -> dict[str, Any]:
+    """``{"samples": n, q: value}`` of a window of latencies (a bounded select of one column
+    ``v``), linear like ``experiments.stats.percentile``, ordered inside the database: a
+    count and two order statistics per percentile, never the window's rows in Python."""
+    w = window.subquery()
+    samples = int(session.scalar(select(func.count()).select_from(w)) or 0)
+    out: dict[str, Any] = {"samples": samples}
+    for q in qs:
+        if not samples:
+            out[q] = None
+            continue
+        position = (samples - 1) * q / 100.0
+        lower = math.floor(position)
+        pair = [
+            float(v) for v in session.scalars(select(w.c.v).order_by(w.c.v).offset(lower).limit(2))
+        ]
+        upper = pair[1] if len(pair) > 1 else pair[0]
+        out[q] = pair[0] + (upper - pair[0]) * (position - lower)
+    return out
+
+
+def _newest(conditions: list[ColumnElement[bool]], limit: int) -> Select[Any]:
+    """The newest ``limit`` successful served latencies among ``conditions``' rows, down one of
+    the covering latency indexes (their WHERE is ``SERVED_OK``, repeated here)."""
+    return (
+        select(Prediction.latency_ms.label("v"))
+        .where(*conditions, Prediction.error.is_(None), Prediction.shadow_of.is_(None))
+        .order_by(Prediction.created_at.desc())
+        .limit(limit)
+    )
+
+
+def strategy_latency_percentiles(
+    session: Session, limit: int, qs: tuple[int, ...] = PERCENTILES
+) -> dict[str, dict[str, Any]]:
+    """Per requested strategy (``rollup_strategies`` names them), the percentiles of its newest
+    ``limit`` successful served latencies: a bounded read at any history size."""
+    return {
+        strategy: _window_percentiles(
+            session, _newest([Prediction.strategy == strategy], limit), qs
+        )
+        for strategy in session.scalars(select(rollup_strategies.c.strategy))
+    }
+
+
+def _arm_window(experiment: str, arm: str, limit: int) -> Select[Any]:
+    """An arm's newest ``limit`` successful served latencies; for ``ab`` the first release's
+    rows (``strategy = 'ab'``, no experiment) too, each part down the index, then merged."""
+    routed = _newest([Prediction.experiment == experiment, Prediction.arm == arm], limit)
+    if experiment != AB:
+        return routed
+    # The first release's rows, down their own partial index (its WHERE as literal SQL, so
+    # SQLite can match it: a bound 'ab' would not).
+    legacy = _newest([Prediction.arm == arm, text(LEGACY_AB_WHERE)], limit)
+    parts = [q.add_columns(Prediction.created_at.label("at")).subquery() for q in (routed, legacy)]
+    both = union_all(*(select(p.c.v, p.c.at) for p in parts)).subquery()
+    return select(both.c.v).order_by(both.c.at.desc()).limit(limit)
+
+
+def arm_latency_percentiles(
+    session: Session,
+    experiment: str,
+    arms: list[str],
+    limit: int,
+    qs: tuple[int, ...] = PERCENTILES,
+) -> dict[str, dict[str, Any]]:
+    """Per arm, the percentiles of its newest ``limit`` successful served latencies."""
+    return {
+        arm: _window_percentiles(session, _arm_window(experiment, arm, limit), qs) for arm in arms
+    }
+
+
+def shadow_latency_percentiles(
+    session: Session, experiment: str, arms: list[str], limit: int, qs: tuple[int, ...] = (50,)
+) -> dict[str, dict[str, Any]]:
+    """Per shadow model, the percentiles of its newest ``limit`` successful runs' latencies
+    (down the (experiment, arm, created_at) index)."""
+    out = {}
+    for arm in arms:
+        window = (
+            select(Prediction.latency_ms.label("v"))
+            .where(
+                Prediction.experiment == experiment,
+                Prediction.arm == arm,
+                Prediction.shadow_of.is_not(None),
+                Prediction.error.is_(None),
+            )
+            .order_by(Prediction.created_at.desc())
+            .limit(limit)
+        )
+        out[arm] = _window_percentiles(session, window, qs)
+    return out
 
 
 def latency_window(session: Session, experiment: str, window: int) -> dict[str, list[float]]:

@@ -3,7 +3,9 @@
 Web tests get ``app_bundle``: the served ensembles over ``tests.fakes.FakeBank`` (MLServer's
 fake runtimes), so they never run the nine-member CNN; ``shipped_bundle`` is the committed
 artifact, loaded once, for the tests that must see the real models. Each test gets its own
-SQLite file under ``tmp_path``.
+SQLite file under ``tmp_path``; a module marked ``postgres`` also runs each test on a fresh
+database of a throwaway PostgreSQL cluster (``tests/postgres.py``, one per session;
+``CHORUS_TEST_POSTGRES_URL`` names a server of your own instead).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from ensembles.bundle import EnsembleBundle, load_bundle
 from models.data import FASHION_MNIST_CLASSES
 from models.registry import ARTIFACT_ROOT, ArtifactError
 from tests.fakes import fake_bundle
+from tests.postgres import (
+    TEMPLATE,
+    Database,
+    Databases,
+    PostgresCluster,
+    PostgresUnavailable,
+    external,
+)
 
 ADMIN_PASSWORD = "s3cret-admin"
 
@@ -50,8 +60,60 @@ def shipped_bundle() -> EnsembleBundle:
     return bundle
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgres: run each test on SQLite and on PostgreSQL (the `database` fixture)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``postgres`` that use ``database`` (``make_app`` does) run on both stores."""
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker("postgres"):
+        metafunc.parametrize("database", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Databases]:
+    """A PostgreSQL server for the session, with a migrated template; skips saying why not."""
+    override = os.environ.get("CHORUS_TEST_POSTGRES_URL")
+    cluster: PostgresCluster | None = None
+    try:
+        if override:
+            databases = external(override)
+        else:
+            cluster = PostgresCluster()
+            databases = cluster.start()
+        databases.prepare_template()
+    except PostgresUnavailable as exc:
+        if cluster is not None:
+            cluster.stop()
+        pytest.skip(f"PostgreSQL cannot be had: {exc}")
+    try:
+        yield databases
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        else:
+            databases.drop_made()
+            databases.drop(TEMPLATE)
+
+
 @pytest.fixture
-def make_app(app_bundle: EnsembleBundle, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """SQLite unless parametrised (``postgres`` marker); Postgres databases dropped at the end."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield Database(backend, tmp_path)
+        return
+    made = Database(backend, tmp_path, request.getfixturevalue("postgres"))
+    try:
+        yield made
+    finally:
+        made.drop()
+
+
+@pytest.fixture
+def make_app(app_bundle: EnsembleBundle, database: Database) -> Iterator[Callable[..., Flask]]:
     """Build an app with test defaults overridden by keyword arguments."""
     apps: list[Flask] = []
 
@@ -60,11 +122,12 @@ def make_app(app_bundle: EnsembleBundle, tmp_path: Path) -> Iterator[Callable[..
             "TESTING": True,
             "SECRET_KEY": "test",
             "BUNDLE": app_bundle,
-            "DATABASE_URL": f"sqlite:///{tmp_path / f'chorus{len(apps)}.db'}",
             "WTF_CSRF_ENABLED": False,
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
         }
         config.update(overrides)
+        if "DATABASE_URL" not in config:
+            config["DATABASE_URL"] = database.url(len(apps))
         app = create_app(config)
         apps.append(app)
         return app

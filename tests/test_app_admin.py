@@ -271,15 +271,15 @@ def test_accuracy_over_labelled_outcomes_is_cumulative_per_arm(app, known_record
     ] * 8
     assert [p["arm_labelled"] for p in bagging] == list(range(1, 11)) + [10] * 8
     assert [p["labelled"] for p in bagging] == list(range(1, 19))
-    # NTILE(4) over 18 outcomes: runs of 5, 5, 4, 4.
+    # Four points: three of the 17 earlier checkpoints spread evenly (6, 11, 17), then now.
     coarse = sampled["accuracy"]["bagging"]
     assert [(round(p["accuracy"], 4), p["arm_labelled"]) for p in coarse] == [
-        (1.0, 5),
+        (1.0, 6),
         (0.7, 10),
         (0.7, 10),
         (0.7, 10),
     ]
-    assert [p["labelled"] for p in coarse] == [5, 10, 14, 18]
+    assert [p["labelled"] for p in coarse] == [6, 11, 17, 18]
     last = series["accuracy"]["boosting"][-1]
     assert (last["accuracy"], last["arm_labelled"], last["labelled"]) == (0.875, 8, 18)
     assert (last["ci_low"], last["ci_high"]) == pytest.approx(wilson(7, 8))

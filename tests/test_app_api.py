@@ -7,9 +7,11 @@ import pytest
 from ensembles.bundle import STRATEGIES
 
 #: DESIGN.md's answer of POST /api/v1/predict, in its order.
+#: The store is part of what is tested here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.postgres
 CONTRACT_KEYS = (
     "prediction_id strategy experiment arm label class_index confidence probabilities members "
-    "fallback degraded model_version latency_ms"
+    "fallback degraded model_version latency_ms abstained uncertainty"
 ).split()
 MEMBER_KEYS = {"name", "label", "class_index", "confidence", "weight"}
 
@@ -161,7 +163,9 @@ def test_browser_cookie_and_api_client_id_hash_to_the_same_arm(app, client, uplo
             api = predict(client, upload, "ab", client_id=client_id).get_json()["arm"]
             with app.test_request_context():
                 client.set_cookie(CLIENT_COOKIE, sign_client_id(client_id))
-            page = client.post("/ab", data={"image": upload()}).get_data(as_text=True)
+            page = client.post("/ab", data={"image": upload()}, follow_redirects=True).get_data(
+                as_text=True
+            )
             assert api == expected
             assert f"served by <strong>{expected.capitalize()}</strong>" in page
 

@@ -6,13 +6,19 @@ import dataclasses
 import io
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy.exc import OperationalError
 
 import store
 from ensembles.stacking import MetaModel
 from views.hooks import CLIENT_COOKIE
+from views.images import RecentThumbnails
+from views.pages.leading import leading_fields
+from views.pages.routes import THUMBNAILS
 from views.samples import gallery
+from views.templating import prob
 
 PAGES = ["bagging", "boosting", "stacking", "ab"]
 
@@ -29,7 +35,8 @@ def test_upload_pages_render(client, path):
     assert 'enctype="multipart/form-data"' in html
     assert html.count('name="sample"') == len(gallery()) == 12
     assert "image-rendering" not in html  # pixelated look comes from the stylesheet
-    assert "<script" not in html
+    # The only script is the vendored progressive enhancement, from our own origin.
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/chorus.js" defer>']
 
 
 def test_home_offers_the_four_choices(client):
@@ -46,10 +53,11 @@ def test_home_offers_the_four_choices(client):
 
 @pytest.mark.parametrize("strategy", PAGES)
 def test_strategy_page_result(client, upload, app_bundle, strategy):
-    response = client.post(f"/{strategy}", data={"image": upload()})
+    response = client.post(f"/{strategy}", data={"image": upload()}, follow_redirects=True)
     assert response.status_code == 200
     html = response.get_data(as_text=True)
-    assert html.count('class="bar-row') == len(app_bundle.classes)
+    assert html.count('class="bar-row') == 3  # the top three; all ten in <details>
+    assert html.count("<td>", html.index('class="all-classes"')) >= len(app_bundle.classes)
     assert html.count("data:image/png;base64,") >= 2  # the upload and the 28x28 canvas
     assert "What the model saw (28×28)" in html
     assert "Members&#39; votes" in html or "Members' votes" in html
@@ -71,15 +79,19 @@ def test_strategy_page_result(client, upload, app_bundle, strategy):
 
 
 def test_home_form_dispatches_to_the_chosen_strategy(client, upload):
-    html = client.post("/predict", data={"image": upload(), "strategy": "boosting"}).get_data(
-        as_text=True
-    )
+    html = client.post(
+        "/predict", data={"image": upload(), "strategy": "boosting"}, follow_redirects=True
+    ).get_data(as_text=True)
     assert "Boosting combined its" in html
 
 
 def test_sample_button_classifies_a_known_test_image(client, app_bundle):
     sample = gallery()[0]
-    response = client.post("/predict", data={"sample": str(sample.index), "strategy": "stacking"})
+    response = client.post(
+        "/predict",
+        data={"sample": str(sample.index), "strategy": "stacking"},
+        follow_redirects=True,
+    )
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     assert f"This test image is labelled\n      <strong>{sample.label}</strong>" in html
@@ -90,7 +102,9 @@ def test_stacking_shows_the_fallback(client, upload, monkeypatch, admin_headers)
         raise FloatingPointError("meta-model exploded")
 
     monkeypatch.setattr(MetaModel, "predict_proba", broken)
-    html = client.post("/stacking", data={"image": upload()}).get_data(as_text=True)
+    html = client.post("/stacking", data={"image": upload()}, follow_redirects=True).get_data(
+        as_text=True
+    )
     assert "Fallback answered." in html
     assert "meta-model raised FloatingPointError: meta-model exploded" in html
     stats = client.get("/api/v1/stats", headers=admin_headers).get_json()
@@ -105,13 +119,15 @@ def test_degraded_members_are_listed(client, upload, app_bundle, monkeypatch):
         return dataclasses.replace(real_predict(x), degraded=["bagging-99"])
 
     monkeypatch.setattr(ensemble, "predict", degraded)
-    html = client.post("/bagging", data={"image": upload()}).get_data(as_text=True)
+    html = client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+        as_text=True
+    )
     assert "Members dropped from this answer" in html and "bagging-99" in html
 
 
 def test_no_members_left_rerenders_the_form_with_503(client, upload, break_ensemble):
     message = break_ensemble("bagging")
-    response = client.post("/bagging", data={"image": upload()})
+    response = client.post("/bagging", data={"image": upload()}, follow_redirects=True)
     assert response.status_code == 503
     html = response.get_data(as_text=True)
     assert message in html and 'class="card upload"' in html
@@ -158,7 +174,7 @@ def test_oversize_beats_the_csrf_check(make_app):
 
 def test_samples_are_refused_clearly_without_the_data_set(client, monkeypatch):
     monkeypatch.setattr("views.samples.test_split", lambda: None)
-    response = client.post("/bagging", data={"sample": "3"})
+    response = client.post("/bagging", data={"sample": "3"}, follow_redirects=True)
     assert response.status_code == 400
     assert "Sample images are not available on this server" in response.get_data(as_text=True)
 
@@ -169,24 +185,28 @@ def csrf_token(html: str) -> str:
 
 def test_forms_need_a_csrf_token(make_app, upload):
     client = make_app(WTF_CSRF_ENABLED=True).test_client()
-    missing = client.post("/bagging", data={"image": upload()})
+    missing = client.post("/bagging", data={"image": upload()}, follow_redirects=True)
     assert missing.status_code == 400
     assert "The CSRF token is missing." in missing.get_data(as_text=True)
     token = csrf_token(client.get("/bagging").get_data(as_text=True))
-    ok = client.post("/bagging", data={"image": upload(), "csrf_token": token})
+    ok = client.post(
+        "/bagging", data={"image": upload(), "csrf_token": token}, follow_redirects=True
+    )
     assert ok.status_code == 200
     feedback_url = f"/predictions/{prediction_id(ok.get_data(as_text=True))}/feedback"
     assert client.post(feedback_url, data={"yes": "Yes", "label": "0"}).status_code == 400
     token = csrf_token(ok.get_data(as_text=True))
     done = client.post(feedback_url, data={"yes": "Yes", "label": "0", "csrf_token": token})
-    assert done.status_code == 302
+    assert done.status_code == 303
 
 
 def test_feedback_form_records_and_confirms(app, client, upload):
-    html = client.post("/bagging", data={"image": upload()}).get_data(as_text=True)
+    html = client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+        as_text=True
+    )
     pid = prediction_id(html)
     response = client.post(f"/predictions/{pid}/feedback", data={"yes": "Yes", "label": "0"})
-    assert response.status_code == 302
+    assert response.status_code == 303
     page = client.get(response.headers["Location"]).get_data(as_text=True)
     assert "Thanks! Recorded that the prediction was right." in page
     with app.app_context():
@@ -209,7 +229,11 @@ def test_feedback_form_records_and_confirms(app, client, upload):
     ("data", "status"), [({"no": "No", "label": "42"}, 400), ({"label": "1"}, 400)]
 )
 def test_bad_feedback_form(client, upload, data, status):
-    pid = prediction_id(client.post("/bagging", data={"image": upload()}).get_data(as_text=True))
+    pid = prediction_id(
+        client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+            as_text=True
+        )
+    )
     response = client.post(f"/predictions/{pid}/feedback", data=data)
     assert response.status_code == status
     assert 'role="alert"' in response.get_data(as_text=True)
@@ -228,7 +252,9 @@ def test_browser_gets_a_sticky_ab_cookie(app, client, upload):
     assert cookie.expires is not None
     arms = set()
     for _ in range(6):
-        html = client.post("/ab", data={"image": upload()}).get_data(as_text=True)
+        html = client.post("/ab", data={"image": upload()}, follow_redirects=True).get_data(
+            as_text=True
+        )
         arms.add(re.search(r"served by <strong>(\w+)</strong>", html).group(1))
     assert len(arms) == 1
     from experiments.assignment import hash_client_id
@@ -346,17 +372,10 @@ def test_500_page_names_the_request_id(app, client, upload, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(app.extensions["chorus"].prediction, "predict", explode)
-    response = client.post("/bagging", data={"image": upload()})
+    response = client.post("/bagging", data={"image": upload()}, follow_redirects=True)
     assert response.status_code == 500
     html = response.get_data(as_text=True)
     assert response.headers["X-Request-ID"] in html and "boom" not in html
-
-
-def test_prediction_page_shows_stored_result(client, upload):
-    html = client.post("/stacking", data={"image": upload()}).get_data(as_text=True)
-    page = client.get(f"/predictions/{prediction_id(html)}")
-    assert page.status_code == 200
-    assert "Uploaded images are never stored" in page.get_data(as_text=True)
 
 
 def selected_options(html: str) -> list[str]:
@@ -367,9 +386,13 @@ def selected_options(html: str) -> list[str]:
 
 def test_feedback_select_starts_on_a_placeholder(app, client, upload):
     """Pressing "No, it was:" untouched must not name the predicted class."""
-    result = client.post("/bagging", data={"image": upload()}).get_data(as_text=True)
+    result = client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+        as_text=True
+    )
     sample = client.post(
-        "/predict", data={"sample": str(gallery()[0].index), "strategy": "boosting"}
+        "/predict",
+        data={"sample": str(gallery()[0].index), "strategy": "boosting"},
+        follow_redirects=True,
     ).get_data(as_text=True)
     pid = prediction_id(result)
     stored = client.get(f"/predictions/{pid}").get_data(as_text=True)
@@ -379,7 +402,11 @@ def test_feedback_select_starts_on_a_placeholder(app, client, upload):
     right = client.get(f"/predictions/{pid}").get_data(as_text=True)
     assert selected_options(right) == ["choose the true class"]
     # A "No" verdict is shown on a prediction whose first verdict it is.
-    other = prediction_id(client.post("/bagging", data={"image": upload()}).get_data(as_text=True))
+    other = prediction_id(
+        client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+            as_text=True
+        )
+    )
     with app.app_context():
         predicted = store.get_prediction(store.get_session(), other).class_index
     wrong = (predicted + 1) % 10
@@ -394,7 +421,11 @@ def test_feedback_select_starts_on_a_placeholder(app, client, upload):
 
 @pytest.mark.parametrize("label", ["predicted", "", None])
 def test_no_without_another_class_is_refused_and_records_nothing(app, client, upload, label):
-    pid = prediction_id(client.post("/bagging", data={"image": upload()}).get_data(as_text=True))
+    pid = prediction_id(
+        client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+            as_text=True
+        )
+    )
     with app.app_context():
         predicted = store.get_prediction(store.get_session(), pid).class_index
     data = {"no": "No, it was:"}
@@ -408,3 +439,210 @@ def test_no_without_another_class_is_refused_and_records_nothing(app, client, up
     assert "Thanks!" not in html
     with app.app_context():
         assert store.get_prediction(store.get_session(), pid).feedback is None
+
+
+# --- Post/Redirect/Get and the stored result page ------------------------------------------------
+
+
+def stored_count(app) -> int:
+    with app.app_context():
+        return len(store.recent_predictions(store.get_session(), limit=1000))
+
+
+def png_of(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_upload_redirects_to_its_stored_result_and_a_reload_stores_nothing(app, client, upload):
+    response = client.post("/bagging", data={"image": upload()})
+    assert response.status_code == 303
+    location = response.headers["Location"]
+    pid = re.fullmatch(r"/predictions/([0-9a-f]{32})", location).group(1)
+    assert stored_count(app) == 1
+    pages = [client.get(location).get_data(as_text=True) for _ in range(3)]  # reloads
+    assert stored_count(app) == 1
+    html = pages[-1]
+    assert prediction_id(html) == pid
+    assert 'alt="Your upload"' in html and 'alt="The 28×28 image the model saw"' in html
+    assert "this browser sees its thumbnail for a few minutes" in html
+    assert "Was this right?" in html and html.count('class="bar-row') == 3
+    with app.app_context():
+        row = store.get_prediction(store.get_session(), pid)
+    assert row.canvas is not None and len(row.canvas) == 28 * 28
+    for member in row.members:
+        assert f"<td><code>{member['name']}</code></td>" in html
+
+
+def test_a_shared_link_is_read_only_and_shows_no_upload(app, client, upload):
+    location = client.post("/boosting", data={"image": upload()}).headers["Location"]
+    other = app.test_client()  # another browser: no session of the one that predicted
+    html = other.get(location).get_data(as_text=True)
+    assert "Was this right?" not in html and "/feedback" not in html
+    assert 'alt="Your upload"' not in html
+    assert 'alt="The 28×28 image the model saw"' in html  # the canvas is in the store
+    assert "Uploads are never stored or shown to others" in html
+    assert html.count('class="bar-row') == 3
+    assert 'href="/boosting">Classify another image' in html  # the strategy's own page
+    client.post(location + "/feedback", data={"yes": "Yes"})
+    shared = other.get(location).get_data(as_text=True)
+    assert "The true class was recorded as" in shared and "Was this right?" not in shared
+
+
+def test_the_page_says_when_the_thumbnail_is_gone(app, client, upload):
+    now = [0.0]
+    app.extensions[THUMBNAILS] = RecentThumbnails(size=4, ttl=60, clock=lambda: now[0])
+    location = client.post("/bagging", data={"image": upload()}).headers["Location"]
+    assert 'alt="Your upload"' in client.get(location).get_data(as_text=True)
+    now[0] = 61.0
+    html = client.get(location).get_data(as_text=True)
+    assert 'alt="Your upload"' not in html
+    assert "this upload's short-lived thumbnail is gone" in html
+    assert 'alt="The 28×28 image the model saw"' in html
+
+
+def test_recent_thumbnails_are_bounded_and_expire():
+    now = [0.0]
+    cache = RecentThumbnails(size=2, ttl=10, clock=lambda: now[0])
+    cache.put("a", "data:a")
+    cache.put("b", "data:b")
+    cache.put("skip", None)  # an upload that cannot be shown keeps nothing
+    cache.put("c", "data:c")  # the oldest goes
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (
+        None,
+        "data:b",
+        "data:c",
+        2,
+    )
+    now[0] = 10.0
+    assert cache.get("b") is None and cache.get("c") is None and len(cache) == 0
+
+
+@pytest.mark.parametrize(("path", "back"), [("/stacking", "/stacking"), ("/predict", "/")])
+def test_classify_another_image_goes_back_where_the_upload_came_from(client, upload, path, back):
+    html = client.post(
+        path, data={"image": upload(), "strategy": "boosting"}, follow_redirects=True
+    ).get_data(as_text=True)
+    assert f'<a href="{back}">Classify another image</a>' in html
+
+
+def test_the_top_classes_come_first_and_all_ten_are_a_click_away(app, client, upload):
+    html = client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+        as_text=True
+    )
+    values = re.findall(r'<rect class="bar-fill" width="([\d.]+)"', html)
+    assert len(values) == 3 and [float(v) for v in values] == sorted(map(float, values))[::-1]
+    details = re.search(r'<details class="all-classes">.*?</details>', html, re.S).group(0)
+    assert "<summary>All 10 classes</summary>" in details
+    names = re.findall(r"<tr(?: class=\"agrees\")?><td>([^<]+)</td>", details)
+    assert sorted(names) == sorted(app.config["BUNDLE"].classes)
+
+
+def test_feedback_confirms_once_inside_its_card(client, upload):
+    location = client.post("/bagging", data={"image": upload()}).headers["Location"]
+    response = client.post(location + "/feedback", data={"yes": "Yes"})
+    assert response.status_code == 303 and response.headers["Location"] == location
+    html = client.get(location).get_data(as_text=True)
+    assert html.count("Thanks! Recorded that the prediction was right.") == 1
+    assert "Recorded: the true class is" not in html  # one confirmation, not two
+    card = re.search(r'<section class="card feedback-card".*?</section>', html, re.S).group(0)
+    assert 'id="feedback-status" tabindex="-1" role="status">Thanks!' in card
+    assert 'alt="The 28×28 image the model saw"' in html  # the page stays the same page
+    later = client.get(location).get_data(as_text=True)  # the flash is gone; the verdict is not
+    assert "Thanks!" not in later and "Recorded: the true class is" in later
+
+
+def test_the_no_button_follows_the_class_select_in_tab_order(client, upload):
+    html = client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+        as_text=True
+    )
+    form = re.search(r'<form class="feedback".*?</form>', html, re.S).group(0)
+    order = [m.group(0) for m in re.finditer(r'name="(yes|label|no)"', form)]
+    assert order == ['name="yes"', 'name="label"', 'name="no"']
+    assert re.search(r'<label for="(feedback-label-[0-9a-f]{32})">No, it was:</label>', form)
+
+
+# --- the strategy survives a 413; honest messages and numbers -------------------------------------
+
+
+def test_a_413_over_the_request_limit_keeps_the_chosen_strategy(make_app):
+    client = make_app(MAX_UPLOAD_MB=0.0625, WTF_CSRF_ENABLED=True).test_client()
+    data = {"strategy": "stacking", "image": (io.BytesIO(b"0" * 400 * 1024), "big.png")}
+    response = client.post("/predict", data=data)
+    assert response.status_code == 413
+    html = response.get_data(as_text=True)
+    checked = re.findall(
+        r'<input checked[^>]*value="(\w+)"|<input[^>]*value="(\w+)"[^>]*checked', html
+    )
+    assert [a or b for a, b in checked] == ["stacking"]
+
+
+def test_leading_fields_reads_only_complete_text_fields_before_the_file():
+    from werkzeug.test import EnvironBuilder
+
+    def environ(data):
+        return EnvironBuilder(method="POST", data=data).get_environ()
+
+    def big():
+        return io.BytesIO(b"x" * 100_000), "a.png"
+
+    assert leading_fields(environ({"csrf_token": "t", "strategy": "ab", "image": big()})) == {
+        "csrf_token": "t",
+        "strategy": "ab",
+    }
+    assert leading_fields(environ({"strategy": "ab"})) == {}  # not multipart
+    cut = environ({"strategy": "ab" * 50, "image": big()})
+    cut["wsgi.input"] = io.BytesIO(cut["wsgi.input"].read(60))  # the body ends mid-field
+    assert leading_fields(cut) == {}
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.full((64, 64), 200, np.uint8), "The image is blank (a single flat colour)"),
+        (
+            np.clip(np.random.default_rng(0).normal(128, 20, (256, 256)), 0, 255).astype(np.uint8),
+            "The image looks like random noise",
+        ),
+    ],
+    ids=["flat", "noise"],
+)
+def test_a_featureless_image_says_what_is_wrong(client, image, message):
+    response = client.post("/boosting", data={"image": (io.BytesIO(png_of(image)), "x.png")})
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert message in html and 'class="card upload"' in html
+    if "noise" in message:
+        assert "blank" not in html
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(1.0, "> 99.9%"), (0.99951, "> 99.9%"), (0.9994, "99.9%"), (0.5, "50.0%"), (None, "—")],
+)
+def test_a_probability_is_never_rounded_up_to_certainty(value, text):
+    assert prob(value) == text
+
+
+def test_a_saturated_answer_reads_above_99_9_not_100(client, upload, app_bundle, monkeypatch):
+    ensemble = app_bundle.ensembles["bagging"]
+    real_predict = ensemble.predict
+
+    def certain(x):
+        result = real_predict(x)
+        probabilities = np.zeros_like(result.probabilities)
+        probabilities[:, 3] = 1.0
+        members = np.zeros_like(result.member_probabilities)
+        members[:, :, 3] = 1.0
+        return dataclasses.replace(
+            result, probabilities=probabilities, member_probabilities=members
+        )
+
+    monkeypatch.setattr(ensemble, "predict", certain)
+    html = client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+        as_text=True
+    )
+    assert "100.0%" not in html
+    assert "&gt; 99.9% confident" in html
+    assert html.count('<td class="num">&gt; 99.9%</td>') >= len(ensemble.member_names_)

@@ -19,6 +19,8 @@ from experiments.stats import RatioStats, compare, compare_all, sample_size, srm
 from serving.reports import format_p, readable_count, verdict
 from tests.test_stats import ARM_KEYS as FIRST_RELEASE_ARM_KEYS
 
+#: The store is part of what is tested here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.postgres
 URL = "/api/v1/inference/ensemble"
 ARMS = ("bagging", "boosting", "stacking")
 DAY = re.compile(r"\d{4}-\d\d-\d\d")

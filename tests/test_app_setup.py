@@ -43,7 +43,7 @@ def test_bad_settings_in_the_environment_refuse_to_start(monkeypatch, make_app, 
 
 def test_environment_is_read(monkeypatch, app_bundle, tmp_path, basic_auth):
     environment = {
-        "SECRET_KEY": "from-env",
+        "SECRET_KEY": "from-env-" + "k" * 32,
         "AB_SPLIT": "0.25",
         "MAX_UPLOAD_MB": "2",
         "ADMIN_PASSWORD": "env-password",
@@ -57,7 +57,7 @@ def test_environment_is_read(monkeypatch, app_bundle, tmp_path, basic_auth):
     app = create_app({"BUNDLE": app_bundle})  # not TESTING: configures logging as in production
     try:
         assert any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters)
-        assert app.config["SECRET_KEY"] == "from-env"
+        assert app.config["SECRET_KEY"] == "from-env-" + "k" * 32
         assert app.config["AB_SPLIT"] == 0.25
         assert app.config["MAX_UPLOAD_BYTES"] == 2 * 2**20
         assert app.config["MAX_CONTENT_LENGTH"] > app.config["MAX_UPLOAD_BYTES"]
@@ -213,7 +213,8 @@ def test_simulate_without_the_data_set_says_where_to_get_it(runner, monkeypatch)
 
 
 def test_the_routes_are_the_designed_ones(app):
-    """DESIGN.md's HTTP interface, plus the stored-prediction pages; nothing else is exposed."""
+    """DESIGN.md's HTTP interface (with V2, metrics and monitoring), plus the stored-prediction
+    pages; nothing else is exposed."""
     routes = {
         (rule.rule, method)
         for rule in app.url_map.iter_rules()
@@ -243,6 +244,16 @@ def test_the_routes_are_the_designed_ones(app):
         ("/api/v1/experiments/<name>/results", "GET"),
         ("/api/v1/experiments/<name>/report", "GET"),
         ("/api/v1/stats", "GET"),
+        ("/api/v1/monitoring", "GET"),
+        ("/metrics", "GET"),
+        ("/v2", "GET"),
+        ("/v2/health/live", "GET"),
+        ("/v2/health/ready", "GET"),
+        *{
+            (f"/v2/models/<name>{version}{tail}", method)
+            for version in ("", "/versions/<version>")
+            for tail, method in (("", "GET"), ("/ready", "GET"), ("/infer", "POST"))
+        },
         ("/admin", "GET"),
         ("/admin/experiments", "GET"),
         ("/admin/experiments", "POST"),
@@ -251,6 +262,7 @@ def test_the_routes_are_the_designed_ones(app):
         ("/admin/experiments/<name>/<verb>", "POST"),
         ("/admin/feedback", "GET"),
         ("/admin/feedback", "POST"),
+        ("/admin/monitoring", "GET"),
         ("/healthz", "GET"),
         ("/readyz", "GET"),
         ("/static/<path:filename>", "GET"),

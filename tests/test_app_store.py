@@ -25,11 +25,13 @@ ROW = {
     "model_version": "test",
     "image_sha256": "0" * 64,
 }
+#: The tests that take ``database`` (or an app) run on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.postgres
 
 
-def test_concurrent_writers_lose_no_records(tmp_path):
-    """Separate engines, like separate gunicorn workers, writing into one SQLite file."""
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+def test_concurrent_writers_lose_no_records(database):
+    """Separate engines, like separate gunicorn workers, writing into one database."""
+    url = database.url()
     engines = [make_engine(url) for _ in range(4)]
     create_tables(engines[0])
     errors: list[BaseException] = []
@@ -82,10 +84,10 @@ def test_timestamps_come_back_in_utc(app):
         assert again.created_at.utcoffset().total_seconds() == 0
 
 
-def test_a_verdict_that_arrives_second_is_kept_and_the_first_counts(tmp_path):
+def test_a_verdict_that_arrives_second_is_kept_and_the_first_counts(database):
     """Two workers give feedback on one prediction at once: one effective verdict, the first
     one; the second is in the history, not counted."""
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+    url = database.url()
     ours, theirs = make_engine(url), make_engine(url)
     create_tables(ours)
     try:
@@ -115,12 +117,12 @@ def test_a_verdict_that_arrives_second_is_kept_and_the_first_counts(tmp_path):
         theirs.dispose()
 
 
-def test_feedback_that_loses_the_insert_race_is_kept_uncounted(tmp_path, monkeypatch):
+def test_feedback_that_loses_the_insert_race_is_kept_uncounted(database, monkeypatch):
     """The other worker's first verdict commits after ours looked: our INSERT of an effective
     verdict fails on the unique prediction id, and the retry keeps ours as a later one."""
     import store.feedback as feedback
 
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+    url = database.url()
     ours, theirs = make_engine(url), make_engine(url)
     create_tables(ours)
     real = feedback._effective

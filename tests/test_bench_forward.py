@@ -1,4 +1,4 @@
-"""The forward benchmark times the loop and the fused forward in alternation."""
+"""The forward benchmark: runtimes timed in alternation, GFLOP/s and share of the matmul peak."""
 
 import pytest
 
@@ -27,3 +27,38 @@ def test_functions_are_timed_in_alternation(monkeypatch):
     assert calls == ["loop", "fused"] * 5  # one warm-up round, then four timed rounds
     assert loop == pytest.approx(3.5)  # median of 4, 2, 3 and 100 ms
     assert fused == pytest.approx(1.0)
+
+
+def test_rows_report_gflops_and_share_of_peak_from_the_model_flops():
+    """2 members x 64 images x 1 MFLOP in 2 ms is 64 GFLOP/s: 50% of a 128 GFLOP/s peak."""
+    from bench.forward import Row, verdicts
+
+    row = Row("onnx", "pair", members=2, batch=64, median_ms=2.0, best_ms=1.0)
+    assert row.gflops(1_000_000, row.median_ms) == pytest.approx(64.0)
+    fields = row.line(1_000_000, peak=128.0).split()
+    assert fields[-4:] == ["64.0", "128.0", "50.0", "100.0"]
+    slow = Row("onnx", "trio", members=3, batch=64, median_ms=6.0, best_ms=3.0)  # 32 GFLOP/s
+    (line,) = verdicts([row, slow], 1_000_000, peak=128.0)
+    assert line.startswith("onnx: batch 64 worst set trio at 25.0% of peak") and "misses" in line
+
+
+def test_one_run_prints_the_peak_and_every_runtime_set_and_batch(capsys, tmp_path):
+    """The real benchmark on the shipped artifact, two timed calls each: every runtime, member
+    set and batch has a row whose share of peak is its GFLOP/s over the printed peak."""
+    from bench.forward import BATCHES, main
+
+    assert main(["--repeat", "2", "--warmup", "0", "--onnx-cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    peak = float(out.split("matmul peak: ")[1].split()[0])
+    assert "one member = 58.3 MFLOP per image" in out and peak > 0
+    lines = out.splitlines()
+    rows = [line.split() for line in lines if line.startswith(("torch ", "onnx "))]
+    rows = [r for r in rows if r[1] != "sliced"]  # the one-graph design, for smaller sets only
+    sets = ["one", "bagging", "boosting", "stacking", "all"]
+    for runtime in ("torch", "onnx"):
+        for batch in BATCHES:
+            mine = [r for r in rows if r[0] == runtime and r[-7] == str(batch)]
+            assert [r[1] for r in mine] == sets, (runtime, batch)
+            for r in mine:
+                assert float(r[-2]) == pytest.approx(100 * float(r[-4]) / peak, abs=0.1)
+    assert "onnx: batch 64 worst set" in out and "RSS: start" in out

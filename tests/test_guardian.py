@@ -9,6 +9,8 @@ from collections import Counter
 
 import pytest
 
+#: The store is part of what is tested here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.postgres
 URL = "/api/v1/inference/ensemble"
 
 
@@ -249,17 +251,21 @@ def test_a_rival_decision_during_the_report_build_makes_the_second_one_a_conflic
 
         def report_while_a_rival_decides(name):
             report = build_report(name)
-            rival = store.open_store(app.config["DATABASE_URL"]).sessions()
-            row = store.get_experiment(rival, name)
-            store.update_experiment(
-                rival,
-                name,
-                actor="rival",
-                kind="rolled_back",
-                expected_revision=row.revision,
-                status="rolled_back",
-            )
-            rival.close()
+            other = store.open_store(app.config["DATABASE_URL"])  # another worker's store
+            try:
+                rival = other.sessions()
+                row = store.get_experiment(rival, name)
+                store.update_experiment(
+                    rival,
+                    name,
+                    actor="rival",
+                    kind="rolled_back",
+                    expected_revision=row.revision,
+                    status="rolled_back",
+                )
+                rival.close()
+            finally:
+                other.close()  # its pooled connection, else closed by the GC mid-next-test
             return report
 
         definitions.results = report_while_a_rival_decides

@@ -1,8 +1,8 @@
-"""The real server, several processes: gunicorn with two preloaded workers and one SQLite file.
+"""The real server, several processes: gunicorn with two preloaded workers and one database.
 
 Started as `make serve` starts it (gunicorn.conf.py, ``app:create_app()``), on a free port of
 127.0.0.1; concurrent predictions over every built-in strategy must all be answered, each recorded
-exactly once, with distinct ids, whichever worker served it.
+exactly once, with distinct ids, whichever worker served it; on a SQLite file and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -35,11 +35,17 @@ SERVED = tuple(
 )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
-    """Two workers, a temporary database; stopped (and reaped) whatever the test did."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GunicornServer]:
+    """Two workers, a temporary database (a SQLite file, or a fresh database of the session's
+    PostgreSQL); stopped (and reaped) whatever the test did."""
     workdir: Path = tmp_path_factory.mktemp("gunicorn")
-    with GunicornServer(workdir, env={"WEB_CONCURRENCY": str(WORKERS)}) as running:
+    env = {"WEB_CONCURRENCY": str(WORKERS)}
+    if request.param == "postgres":
+        env["DATABASE_URL"] = request.getfixturevalue("postgres").create()
+    with GunicornServer(workdir, env=env) as running:
         yield running
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ import store
 from store.db import make_engine
 from store.migrate import drop_everything, upgrade
 from store.models import EnsembleRow, ExperimentEvent, ExperimentRow, Prediction
+from tests.postgres import Database
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LIGHT_VOTE = {
@@ -32,26 +31,19 @@ SPLIT = {
 }
 
 
-#: Set to a Postgres URL (e.g. postgresql+psycopg://postgres@127.0.0.1/chorus_test) to run
-#: every test here on Postgres too; its tables are dropped and migrated afresh for each test.
-POSTGRES_URL = os.environ.get("CHORUS_TEST_POSTGRES_URL")
+#: Every test here runs on SQLite and on a fresh PostgreSQL database (conftest's ``database``).
+pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def engines(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
+@pytest.fixture
+def engines(database: Database) -> Iterator[Callable[[], Engine]]:
     """Engines on one migrated database, like one per gunicorn worker."""
-    if request.param == "postgres":
-        if not POSTGRES_URL:
-            pytest.skip("CHORUS_TEST_POSTGRES_URL is not set")
-        url = POSTGRES_URL
-    else:
-        url = f"sqlite:///{tmp_path / 'store.db'}"
+    url = database.url()
     made: list[Engine] = []
 
     def make() -> Engine:
         made.append(make_engine(url))
         if len(made) == 1:
-            drop_everything(made[0])
             upgrade(made[0])
         return made[-1]
 

@@ -74,8 +74,18 @@ CREATE TABLE feedback (
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The newest revision (what every upgrade below must end at).
-HEAD = "0003"
-NEW_PREDICTION_COLUMNS = ("experiment", "members_used", "shadow_of", "route_reason", "features")
+HEAD = "0007"
+#: Columns later revisions added to predictions, with what an upgraded first-release row holds.
+NEW_PREDICTION_COLUMNS = {
+    "experiment": None,
+    "members_used": None,
+    "shadow_of": None,
+    "route_reason": None,
+    "features": None,
+    "canvas": None,
+    "abstained": 0,
+    "uncertainty": None,
+}
 
 #: First-release rows as its app wrote them (SQLite text timestamps, JSON as text), every kind:
 #: labelled and not, an A/B arm, a fallback, a failed request, a client hash.
@@ -246,7 +256,7 @@ def test_first_release_database_is_upgraded_in_place_keeping_every_row(tmp_path,
 
     assert current_revision(engine) == HEAD
     assert _rows(path, "predictions") == [
-        row + (None,) * len(NEW_PREDICTION_COLUMNS) for row in old_predictions
+        row + tuple(NEW_PREDICTION_COLUMNS.values()) for row in old_predictions
     ]
     assert _rows(path, "feedback") == old_feedback
     # Each first-release verdict is now also the counted first entry of its history.
@@ -332,9 +342,11 @@ def test_a_0002_database_with_data_gets_secret_keys_and_a_verdict_history(tmp_pa
     engine = engines(path)
     _second_release_database(path, engine)
     columns = "name, router, definition, state, status, control, revision, builtin"
+    with sqlite3.connect(path) as connection:  # 0002's columns: later revisions add more
+        at_0002 = ", ".join(r[1] for r in connection.execute("PRAGMA table_info(predictions)"))
     before = (
         _rows(path, "experiments", columns),
-        _rows(path, "predictions"),
+        _rows(path, "predictions", at_0002),
         _rows(path, "feedback"),
     )
 
@@ -342,7 +354,7 @@ def test_a_0002_database_with_data_gets_secret_keys_and_a_verdict_history(tmp_pa
 
     assert (
         _rows(path, "experiments", columns),
-        _rows(path, "predictions"),
+        _rows(path, "predictions", at_0002),
         _rows(path, "feedback"),
     ) == before
     keys = dict(_rows(path, "experiments", "name, assignment_key"))
@@ -475,16 +487,12 @@ engine.dispose()
 """
 
 
-@pytest.mark.parametrize("first_release", [False, True], ids=["fresh", "first-release"])
-def test_two_processes_upgrading_one_file_at_once(tmp_path, engines, first_release):
-    """Workers starting together: one migrates, the other waits for its lock and finds head."""
-    path = tmp_path / "shared.db"
-    if first_release:
-        _first_release_database(path)
+def _upgrade_together(url: str) -> list[tuple[str, str]]:
+    """Two processes run ``upgrade`` on one database at the same instant; (stdout, stderr) each."""
     start = time.time() + 2  # both processes are imported and waiting by then
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", UPGRADE_AT, _sqlite_url(path), str(start)],
+            [sys.executable, "-c", UPGRADE_AT, url, str(start)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -496,6 +504,16 @@ def test_two_processes_upgrading_one_file_at_once(tmp_path, engines, first_relea
     for process, (stdout, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
         assert stdout.strip() == HEAD
+    return outputs
+
+
+@pytest.mark.parametrize("first_release", [False, True], ids=["fresh", "first-release"])
+def test_two_processes_upgrading_one_file_at_once(tmp_path, engines, first_release):
+    """Workers starting together: one migrates, the other waits for its lock and finds head."""
+    path = tmp_path / "shared.db"
+    if first_release:
+        _first_release_database(path)
+    outputs = _upgrade_together(_sqlite_url(path))
     engine = engines(path)
     assert _rows(path, "alembic_version") == [(HEAD,)]
     assert _schema_diff(engine) == []
@@ -568,3 +586,89 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path, engines):
     connection.close()
     with pytest.raises(MigrationError, match="revision 9999, which this code does not know"):
         upgrade(engine)
+
+
+def test_0004_gives_predictions_an_empty_canvas_and_its_downgrade_keeps_them(tmp_path, engines):
+    path = tmp_path / "third.db"
+    engine = engines(path)
+    _second_release_database(path, engine)
+    assert upgrade(engine, "0003") == "0003"
+    before = _rows(path, "predictions")
+
+    assert upgrade(engine, "0004") == "0004"
+    assert _rows(path, "predictions", "canvas") == [(None,)] * len(before)  # older rows: none
+    columns = [c[1] for c in _structure(path)["predictions"]["columns"] if c[1] != "canvas"]
+    assert _rows(path, "predictions", ", ".join(columns)) == before
+
+    with migration_connection(engine) as connection:
+        command.downgrade(make_config(connection=connection), "0003")
+    assert current_revision(engine) == "0003"
+    assert _rows(path, "predictions") == before
+    assert "canvas" not in {c["name"] for c in inspect(engine).get_columns("predictions")}
+    upgrade(engine)
+    assert _schema_diff(engine) == []
+
+
+# PostgreSQL (the session's throwaway cluster, conftest's ``postgres``): from empty and from the
+# first release, with two processes racing for the advisory lock.
+
+
+def _first_release_postgres(url: str) -> None:
+    """A Postgres database as the first release left it: 0001's tables (what its create_all made
+    there), its rows, no alembic_version."""
+    engine = make_engine(url)
+    try:
+        assert upgrade(engine, FIRST_RELEASE) == FIRST_RELEASE
+        with engine.begin() as connection:
+            connection.exec_driver_sql("SET TIME ZONE 'UTC'")
+            connection.exec_driver_sql("DROP TABLE alembic_version")
+            placeholders = ", ".join(["%s"] * len(PREDICTIONS[0]))
+            connection.exec_driver_sql(
+                f"INSERT INTO predictions VALUES ({placeholders})", PREDICTIONS
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO feedback VALUES (%s, %s, %s, %s, %s)",
+                [(n, p, c, bool(ok), at) for n, p, c, ok, at in FEEDBACK],
+            )
+            connection.exec_driver_sql(
+                "SELECT setval(pg_get_serial_sequence('feedback', 'id'), %s)", (len(FEEDBACK),)
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("first_release", [False, True], ids=["fresh", "first-release"])
+def test_two_processes_upgrading_one_postgres_database_at_once(postgres, first_release):
+    url = postgres.create(migrated=False)
+    if first_release:
+        _first_release_postgres(url)
+    outputs = _upgrade_together(url)
+    engine = make_engine(url)
+    try:
+        assert current_revision(engine) == HEAD
+        assert _schema_diff(engine) == []
+        if first_release:
+            stamped = ["first-release database found" in stderr for _stdout, stderr in outputs]
+            assert sorted(stamped) == [False, True]
+            with Session(engine) as session:
+                first = store.get_prediction(session, "a" * 32)
+                assert first.probabilities == {"Bag": 0.91, "Coat": 0.09}
+                assert first.created_at.isoformat() == "2026-11-01T09:00:00.000001+00:00"
+                assert first.feedback.correct is True and first.experiment is None
+                assert store.total_predictions(session) == len(PREDICTIONS)
+                records = store.records_by(session, ab=True)
+                assert {arm: [r["correct"] for r in rows] for arm, rows in records.items()} == {
+                    "bagging": [True],
+                    "boosting": [False],
+                }
+        else:
+            assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {
+                "alembic_version"
+            }
+        # Dropping everything and upgrading again starts over on Postgres too.
+        drop_everything(engine)
+        assert inspect(engine).get_table_names() == []
+        assert upgrade(engine) == HEAD and _schema_diff(engine) == []
+    finally:
+        engine.dispose()
+        postgres.drop_url(url)

@@ -6,7 +6,6 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +15,19 @@ import store
 from store.db import make_engine
 from store.migrate import upgrade
 from store.units import RATIO_FIELDS
+from tests.postgres import Database
 from tests.test_store_definitions import T0, _predict
 
 ARMS = ("bagging", "boosting", "stacking")
 
 
+#: SQL aggregates differ by dialect: every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.postgres
+
+
 @pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'units.db'}")
+def session(database: Database) -> Iterator[Session]:
+    engine = make_engine(database.url())
     upgrade(engine)
     with Session(engine, expire_on_commit=False) as session:
         yield session

@@ -1,15 +1,33 @@
-"""HTTP Basic auth for the admin pages: user ``admin``, password ``ADMIN_PASSWORD``."""
+"""HTTP Basic auth for the admin pages: user ``admin``, password ``ADMIN_PASSWORD``.
+
+Failed authentications are limited per client address (OWASP ASVS 2.2.1: at most
+``AUTH_FAILURE_LIMIT``, 100, an hour); past the limit a wrong password answers 429 with
+``Retry-After``. Only failures count and a correct password is never refused. The count lives in
+the database (``store.throttle``), not in a worker's memory, so N gunicorn workers (or several
+instances on one Postgres) share one limit and a restart does not reset it. Behind the proxy
+the address is the one nginx forwarded (``views.hooks.client_address``).
+"""
 
 from __future__ import annotations
 
 import functools
 import hmac
+import logging
+import math
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from flask import abort, current_app, request
 from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import Unauthorized
+from werkzeug.exceptions import TooManyRequests, Unauthorized
+
+import store
+from store.models import utcnow
+from store.throttle import recent_auth_failures, record_auth_failure
+from views.hooks import client_address, loggable
+
+log = logging.getLogger(__name__)
 
 ADMIN_USER = "admin"
 CHALLENGE = {"realm": "Chorus admin", "charset": "UTF-8"}
@@ -32,10 +50,48 @@ def check_admin() -> None:
     user_ok = _same(auth.username or "", ADMIN_USER) if ok else False
     password_ok = _same(auth.password or "", password) if ok else False
     if not (ok and user_ok and password_ok):
+        _count_failure(auth.username if auth is not None else None)
         raise Unauthorized(
             "Sign in as user “admin” with the ADMIN_PASSWORD the operator configured.",
             www_authenticate=WWWAuthenticate("basic", CHALLENGE),
         )
+
+
+def _count_failure(user: str | None) -> None:
+    """Log and count a failed authentication; 429 once the address is past the hourly limit."""
+    client = client_address()
+    limit = int(current_app.config["AUTH_FAILURE_LIMIT"])
+    window = timedelta(seconds=float(current_app.config["AUTH_FAILURE_WINDOW"]))
+    session = store.get_session()
+    now = utcnow()
+    count, oldest = recent_auth_failures(session, client, window, now)
+    if count >= limit:
+        wait = (oldest + window - now).total_seconds() if oldest is not None else 1.0
+        retry_after = max(1, math.ceil(wait))
+        log.warning(
+            "admin authentication refused from %s (user %s): %d failures within %ds, "
+            "retry after %ds",
+            client,
+            loggable(user),
+            count,
+            window.total_seconds(),
+            retry_after,
+        )
+        raise TooManyRequests(
+            f"Too many failed sign-ins from this address ({limit} within "
+            f"{window.total_seconds() / 60:g} minutes). Wait {retry_after} s and try again with "
+            "the right password.",
+            retry_after=retry_after,
+        )
+    record_auth_failure(session, client, window, now)
+    log.warning(
+        "admin authentication failed from %s (user %s): %d of %d allowed failures per %ds",
+        client,
+        loggable(user),
+        count + 1,
+        limit,
+        window.total_seconds(),
+    )
 
 
 def admin_required(view: F) -> F:

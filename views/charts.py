@@ -303,3 +303,62 @@ def accuracy_chart(series: Mapping[str, Any]) -> Chart:
         if points
     }
     return line_chart(lines, kind="accuracy", colours=_arms(series))
+
+
+@dataclass
+class Reliability:
+    """A reliability diagram: per confidence bin, a bar at its accuracy, and the diagonal a
+    perfectly calibrated model would follow."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    right: int
+    bottom: int
+    #: (x, y, width, height, title) of each non-empty bin's bar.
+    bars: list[tuple[float, float, float, float, str]] = field(default_factory=list)
+    #: (x, y, width, title) of each non-empty bin's mean-confidence marker.
+    gaps: list[tuple[float, float, float, str]] = field(default_factory=list)
+    x_ticks: list[tuple[float, str]] = field(default_factory=list)
+    y_ticks: list[tuple[float, str]] = field(default_factory=list)
+    #: The diagonal from (0, 0) to (1, 1), as an SVG ``points`` string.
+    diagonal: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not self.bars
+
+
+def reliability_diagram(
+    bins: Sequence[Mapping[str, Any]], *, width: int = 320, height: int = 240
+) -> Reliability:
+    """Lay out ``serving.monitoring.calibration``' bins: bar height = accuracy of the bin, a
+    marker at its mean confidence (the gap between them is the miscalibration)."""
+    chart = Reliability(width, height, left=40, top=10, right=width - 10, bottom=height - 28)
+    span_x, span_y = chart.right - chart.left, chart.bottom - chart.top
+
+    def x(value: float) -> float:
+        return round(chart.left + value * span_x, 1)
+
+    def y(value: float) -> float:
+        return round(chart.bottom - value * span_y, 1)
+
+    for b in bins:
+        if not b["count"]:
+            continue
+        left, right = x(b["low"]), x(b["high"])
+        top = y(b["accuracy"])
+        title = (
+            f"confidence {b['low']:.0%}–{b['high']:.0%}: {b['count']} labelled, accuracy "
+            f"{b['accuracy']:.1%}, mean confidence {b['confidence']:.1%}"
+        )
+        chart.bars.append(
+            (left + 1, top, round(right - left - 2, 1), round(chart.bottom - top, 1), title)
+        )
+        chart.gaps.append((left + 1, y(b["confidence"]), round(right - left - 2, 1), title))
+    steps = (0.0, 0.25, 0.5, 0.75, 1.0)
+    chart.x_ticks = [(x(v), f"{v:.0%}") for v in steps]
+    chart.y_ticks = [(y(v), f"{v:.0%}") for v in steps]
+    chart.diagonal = f"{x(0)},{y(0)} {x(1)},{y(1)}"
+    return chart

@@ -44,6 +44,7 @@ from serving.errors import (
 )
 from store.errors import ConcurrentChangeError, DefinitionNotFound, NameTakenError, StoreError
 from store.feedback import FeedbackLimitReached
+from views.hooks import request_target
 
 log = logging.getLogger(__name__)
 bp = Blueprint("errors", __name__)
@@ -159,7 +160,7 @@ def domain_error(exc: Exception) -> Response:
     """A domain error that reached the top: its status from ``STATUS``, its own message."""
     status = status_of(exc)
     if status >= 500:
-        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.path, exc)
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request_target(), exc)
     return http_error(default_exceptions.get(status, InternalServerError)(message_of(exc)))
 
 
@@ -175,7 +176,7 @@ def too_deep(exc: RecursionError) -> Response:
 @bp.app_errorhandler(PoolTimeoutError)
 def database_unavailable(exc: Exception) -> Response:
     """A locked, down or exhausted database is an outage to retry, not a bug: 503, not 500."""
-    log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
+    log.error("database unavailable on %s %s: %s", request.method, request_target(), exc)
     return http_error(
         ServiceUnavailable(
             "The database is busy or unreachable, so nothing was recorded. Try again in a "
@@ -188,5 +189,5 @@ def database_unavailable(exc: Exception) -> Response:
 @bp.app_errorhandler(Exception)
 def unexpected_error(exc: Exception) -> Response:
     """A bug: log the traceback with the request id, answer 500 without leaking details."""
-    log.exception("unhandled error on %s %s", request.method, request.path)
+    log.exception("unhandled error on %s %s", request.method, request_target())
     return http_error(InternalServerError())

@@ -22,13 +22,23 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """200 when the models are loaded and the database answers ``SELECT 1``, else 503."""
+    """200 when the models are loaded and the database answers ``SELECT 1``, else 503.
+
+    It is public (load balancers call it), so it says which part is not ready but never the
+    exception's text: that, with paths and driver details, goes to the log."""
     models = services().models
     if models.bundle is None:
-        return jsonify(status="not ready", error=f"no model loaded: {models.error}"), 503
+        log.warning("readiness: no model loaded: %s", models.error)
+        return jsonify(
+            status="not ready",
+            error="no model loaded; the operator will find the reason in the server log",
+        ), 503
     try:
         store.ping(store.get_session())
     except Exception as exc:  # any driver error means "not ready", never a 500
-        log.warning("readiness: database unreachable: %s", exc)
-        return jsonify(status="not ready", error=f"database unreachable: {type(exc).__name__}"), 503
+        log.warning("readiness: database unreachable: %s: %s", type(exc).__name__, exc)
+        return jsonify(
+            status="not ready",
+            error="database unreachable; the operator will find the reason in the server log",
+        ), 503
     return jsonify(status="ready", model_version=models.bundle.version)

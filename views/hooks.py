@@ -6,12 +6,17 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 import uuid
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, has_request_context, request
+from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature, Signer
-from werkzeug.exceptions import Forbidden
+from werkzeug.exceptions import Forbidden, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from views.context import EXTENSION
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,11 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
-_NO_COOKIE_PREFIXES = ("/api/", "/static/", "/healthz", "/readyz")
+#: HSTS on answers that came over HTTPS (as the proxy reports): browsers then never use plain HTTP.
+HSTS = "max-age=31536000"
+#: Largest JSON body /api/ reads (feedback, definitions): they take a few KB; 256 KiB is room.
+JSON_BODY_LIMIT = 256 * 1024
+_NO_COOKIE_PREFIXES = ("/api/", "/v2", "/static/", "/healthz", "/readyz", "/metrics")
 
 
 def current_request_id() -> str:
@@ -57,8 +66,57 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def loggable(text: object, limit: int = 200) -> str:
+    """Client-supplied text made safe for one log line: control characters (a ``%0a`` decoded
+    into a newline could forge a line) and non-ASCII escaped, and cut to ``limit``."""
+    if text is None:
+        return "-"
+    escaped = str(text)[: limit * 2].encode("unicode_escape").decode("ascii")
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
+def request_target() -> str:
+    """The request's path and query as the client sent them (not percent-decoded), escaped."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    return loggable(raw if raw else request.full_path.rstrip("?"))
+
+
+def client_address() -> str:
+    """The client's address: the socket peer, or behind the proxy the address it forwarded
+    (``ProxyFix``, installed only with ``TRUSTED_PROXIES``)."""
+    return (request.remote_addr or "unknown")[:64]
+
+
+def cookie_secure() -> bool:
+    """Mark cookies ``Secure`` when the request came over HTTPS (as a trusted proxy reports) or
+    when ``SESSION_COOKIE_SECURE`` is set, so plain-HTTP localhost keeps its cookies."""
+    if current_app.config.get("SESSION_COOKIE_SECURE"):
+        return True
+    return has_request_context() and request.is_secure
+
+
+class SchemeAwareSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, ``Secure`` per request (``cookie_secure``)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return cookie_secure()
+
+
+def limit_json_body() -> None:
+    """A JSON body on /api/ larger than ``JSON_BODY_LIMIT`` is refused before it is read."""
+    if request.mimetype != "application/json" or not request.path.startswith("/api/"):
+        return  # /v2/ takes batches of JSON tensors: its own limit is MAX_CONTENT_LENGTH
+    request.max_content_length = JSON_BODY_LIMIT
+    if (request.content_length or 0) > JSON_BODY_LIMIT:
+        raise RequestEntityTooLarge(
+            f"The JSON body is larger than {JSON_BODY_LIMIT // 1024} KiB; send a small "
+            "JSON object instead."
+        )
+
+
 def assign_request_id() -> None:
     """Reuse a sane ``X-Request-ID`` from a proxy, or make one."""
+    g.started = time.perf_counter()  # for ensemble_http_request_duration_seconds
     given = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = given if _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex
 
@@ -154,14 +212,26 @@ def finish_response(response: Response) -> Response:
             max_age=CLIENT_COOKIE_MAX_AGE,
             httponly=True,
             samesite="Lax",
-            secure=request.is_secure,
+            secure=cookie_secure(),
+        )
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    chorus = current_app.extensions.get(EXTENSION)
+    if chorus is not None and "started" in g:
+        chorus.metrics.http_request(
+            request.endpoint, request.method, response.status_code, time.perf_counter() - g.started
         )
     return response
 
 
 def init_app(app: Flask) -> None:
     """Register the hooks; call before CSRFProtect so even refused requests carry an id."""
+    proxies = int(app.config.get("TRUSTED_PROXIES") or 0)
+    if proxies:  # only behind the proxy: otherwise any client could claim any address or scheme
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+    app.session_interface = SchemeAwareSessionInterface()
     app.before_request(assign_request_id)
+    app.before_request(limit_json_body)
     app.before_request(refuse_cross_site)
     app.before_request(identify_client)
     app.after_request(finish_response)

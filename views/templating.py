@@ -27,6 +27,20 @@ def pct(value: float | None, digits: int = 1) -> str:
     return _signed(value, f"{abs(value) * 100:.{digits}f}%")
 
 
+def prob(value: float | None, digits: int = 1) -> str:
+    """A probability or confidence: like ``pct``, but never rounded up to a certain "100.0%".
+
+    A softmax is below 1 even when float32 says 1.0, so anything that would print as 100.0%
+    reads "> 99.9%" (with ``digits`` decimals).
+    """
+    if value is None:
+        return "—"
+    ceiling = 100 - 10.0**-digits
+    if round(value * 100, digits) > ceiling:
+        return f"> {ceiling:.{digits}f}%"
+    return pct(value, digits)
+
+
 def num(value: float | None, digits: int = 3) -> str:
     """-1.25 -> "−1.250", with the same minus sign as ``pct``; None -> an em dash."""
     return "—" if value is None else _signed(value, f"{abs(value):.{digits}f}")
@@ -100,6 +114,6 @@ def _globals() -> dict[str, Any]:
 
 def init_app(app: Flask) -> None:
     """Register the filters and the model version every page footer shows."""
-    for function in (pct, num, ms, pvalue, ptext, points, duration, when):
+    for function in (pct, prob, num, ms, pvalue, ptext, points, duration, when):
         app.add_template_filter(function)
     app.context_processor(_globals)

@@ -1,9 +1,9 @@
 """``/admin``: the console — overview, experiments (create, change, decide), their results, and
-feedback (verdict history and corrections)."""
+feedback (verdict history and corrections), monitoring (health and drift)."""
 
 from flask import Blueprint
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 # The route modules attach themselves to bp.
-from views.admin import feedback, routes  # noqa: E402,F401
+from views.admin import feedback, monitoring, routes  # noqa: E402,F401

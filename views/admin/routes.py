@@ -34,6 +34,8 @@ def index() -> ResponseReturnValue:
         experiments=svc.definitions.list()["experiments"],
         stats=svc.reports.stats(svc.catalogue().names),
         recent=store.recent_predictions(svc.db.sessions(), RECENT),
+        abstentions=store.abstentions_by_strategy(svc.db.sessions()),
+        drift=svc.monitor.latest,
     )
 
 

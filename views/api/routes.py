@@ -1,4 +1,4 @@
-"""API routes: predict and feedback (open), ensembles, experiments and stats (admin)."""
+"""API routes: predict and feedback (open), ensembles, experiments, stats and monitoring (admin)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from flask import abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import UnsupportedMediaType
 
+from serving import idempotency
 from serving.errors import InvalidRequest, NotFound
+from serving.monitoring import parse_window
+from serving.service import Served
 from views.api import bp
 from views.auth import admin_required
 from views.context import actor, services
+from views.hooks import client_address
 
 #: Endpoints a browser form may post to (the others change state and take JSON only).
 FORM_ENDPOINTS = ("api.predict",)
@@ -48,13 +52,31 @@ def predict() -> ResponseReturnValue:
     data = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
     if len(data) > current_app.config["MAX_UPLOAD_BYTES"]:
         abort(413)
-    served = services().prediction.predict(
-        data,
-        request.form.get("strategy", ""),
-        client_id=request.form.get("client_id"),
-        features=request.form.get("features"),
-    )
-    response = jsonify(served.body)
+    strategy = request.form.get("strategy", "")
+    client_id = request.form.get("client_id")
+    features = request.form.get("features")
+
+    def run() -> Served:
+        service = services().prediction
+        return service.predict(data, strategy, client_id=client_id, features=features)
+
+    key = idempotency.check_key(request.headers.get(idempotency.HEADER))
+    if key is None:
+        served = run()
+        response = jsonify(served.body)
+    else:
+        keys = idempotency.Idempotency(services().db, current_app.config["IDEMPOTENCY_TTL"])
+        answer = keys.run(
+            idempotency.scope_of(client_id, client_address()),
+            key,
+            idempotency.fingerprint(data, strategy, client_id, features),
+            run,
+        )
+        response = jsonify(answer.body)
+        response.headers["Idempotent-Replayed"] = "true" if answer.replayed else "false"
+        if answer.served is None:
+            return response
+        served = answer.served
     response.call_on_close(served.run_after)  # shadows run after the answer is sent
     return response
 
@@ -229,3 +251,14 @@ def report(name: str) -> ResponseReturnValue:
 def stats() -> ResponseReturnValue:
     """Totals and per-requested-strategy outcomes over all traffic."""
     return jsonify(services().reports.stats(services().catalogue().names))
+
+
+@bp.get("/monitoring")
+@admin_required
+def monitoring() -> ResponseReturnValue:
+    """Per-ensemble health and drift over the newest ``?window=`` served predictions."""
+    try:
+        window = parse_window(request.args.get("window"))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), "window") from None
+    return jsonify(services().monitor.report(window))

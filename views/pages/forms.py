@@ -102,7 +102,7 @@ class FeedbackForm(FlaskForm):
     """The "Was this right? Yes / No, it was: <class>" form under a result."""
 
     yes = SubmitField("Yes")
-    no = SubmitField("No, it was:")
+    no = SubmitField("Send correction")
     label = SelectField("True class", coerce=_class_index, validate_choice=True)
 
     def __init__(

@@ -16,23 +16,33 @@ from flask import (
     current_app,
     flash,
     g,
+    get_flashed_messages,
     redirect,
     render_template,
     request,
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from models.preprocess import PreprocessError
 from serving.catalogue import Strategy
 from serving.errors import ServingError
-from serving.service import Served
 from views import samples
 from views.context import services
 from views.errors import status_of
-from views.images import data_uri, thumbnail_uri
+from views.images import RecentThumbnails, canvas_uri, thumbnail_uri
 from views.pages.forms import ChooseUploadForm, FeedbackForm, UploadForm
+from views.pages.leading import leading_fields
+from views.pages.owned import owned, remember
+
+#: Where the thumbnails of this process's recent uploads are kept (``app.extensions``).
+THUMBNAILS = "chorus.thumbnails"
+#: Classes shown above the fold on a result page; all of them are one click away.
+TOP_CLASSES = 3
+#: The flash category of a feedback confirmation, shown inside the feedback card only.
+FEEDBACK_FLASH = "feedback"
 
 
 def first_error(form: UploadForm) -> str:
@@ -71,37 +81,16 @@ def _page_of(name: str) -> Strategy:
     return page
 
 
-def render_result(
-    served: Served, data: bytes, true_label: int | None, back_url: str
-) -> ResponseReturnValue:
-    """The result page of one prediction, with the strategy's own template bits."""
-    body = served.body
-    classes = tuple(body["probabilities"])
-    form = FeedbackForm(formdata=None, classes=classes)  # starts on "choose the true class"
-    catalogue = services().catalogue()
-    page = catalogue.get(body["strategy"]) or _page_of(body["strategy"])
-    arm_page = catalogue.get(body["arm"]) or page
-    node = services().engine.snapshot().nodes.get(body["arm"])
-    return render_template(
-        # Only built-in names pick a template: user-created names never become a path.
-        ([f"{arm_page.name}/result.html"] if arm_page.builtin else []) + ["pages/result.html"],
-        page=page,
-        arm_page=arm_page,
-        p=body,
-        classes=classes,
-        thumbnail=thumbnail_uri(data, current_app.config["MAX_IMAGE_PIXELS"]),
-        canvas=data_uri(served.canvas),
-        true_label=true_label,
-        feedback_form=form,
-        back_url=back_url,
-        members_total=len(getattr(node, "children", None) or node.leaves()) if node else None,
-    )
+def thumbnails() -> RecentThumbnails:
+    """This process's short-lived cache of upload thumbnails."""
+    return current_app.extensions[THUMBNAILS]
 
 
 def handle_upload(
-    form: UploadForm, strategy: str, refused: Any, back_url: str
+    form: UploadForm, strategy: str, refused: Any, came_from: str | None
 ) -> ResponseReturnValue:
-    """Validate the form, predict, and render the result, or the form again with the reason."""
+    """Validate the form, predict, store, and redirect to the result (Post/Redirect/Get), or
+    render the form again with the reason."""
     if not form.validate_on_submit():
         return refused(form, 413 if form.too_large else 400, first_error(form))
     data, true_label = form.read_upload()
@@ -109,8 +98,13 @@ def handle_upload(
         served = services().prediction.predict(data, strategy, client_id=g.get("client_id"))
     except (PreprocessError, ServingError) as exc:
         return refused(form, status_of(exc), str(exc))
-    response = current_app.make_response(render_result(served, data, true_label, back_url))
-    response.call_on_close(served.run_after)  # shadows run after the page is sent
+    prediction_id = served.body["prediction_id"]
+    limit = current_app.config["MAX_IMAGE_PIXELS"]  # the upload was decoded once, in predict
+    thumbnails().put(prediction_id, thumbnail_uri(data, limit, preview=served.preview))
+    remember(prediction_id, came_from, true_label)
+    # 303: the browser GETs the result, so a reload shows it again and never re-uploads.
+    response = redirect(url_for("pages.prediction", prediction_id=prediction_id), code=303)
+    response.call_on_close(served.run_after)  # shadows run after the answer is sent
     return response
 
 
@@ -173,8 +167,13 @@ def render_refused(status: int, message: str) -> ResponseReturnValue | None:
     if request.endpoint == "pages.predict":
         try:  # keep the chosen strategy when the form could be read at all
             form = ChooseUploadForm(choices=_choices())
-        except RequestEntityTooLarge:
-            form = ChooseUploadForm(formdata=None, choices=_choices())
+        except RequestEntityTooLarge:  # the body was refused unread: read just its first fields
+            fields = leading_fields(request.environ)
+            form = ChooseUploadForm(
+                formdata=MultiDict({k: v for k, v in fields.items() if k == "strategy"}),
+                choices=_choices(),
+                meta={"csrf": False},
+            )
         return render_index(form, status, message)
     if request.endpoint == "pages.strategy":
         return render_strategy(str((request.view_args or {}).get("name")), None, status, message)
@@ -194,7 +193,7 @@ def predict() -> ResponseReturnValue:
         form,
         str(form.strategy.data),
         lambda f, status, error: render_index(f, status, error),
-        url_for("pages.index"),
+        None,
     )
 
 
@@ -207,7 +206,7 @@ def strategy(name: str) -> ResponseReturnValue:
         form,
         name,
         lambda f, status, error: render_strategy(name, f, status, error),
-        url_for("pages.strategy", name=name),
+        name,
     )
 
 
@@ -223,27 +222,80 @@ def _load(prediction_id: str) -> Any:
         abort(status_of(exc), description=str(exc))
 
 
+def _back_url(came_from: str | None) -> str:
+    """ "Classify another image": back to the strategy page the upload came from, else home."""
+    if came_from in {page.name for page in services().catalogue().pages}:
+        return url_for("pages.strategy", name=came_from)
+    return url_for("pages.index")
+
+
+def result_of(prediction: Any) -> dict[str, Any]:
+    """The stored row as the result page reads it (the JSON answer's field names)."""
+    probabilities = dict(prediction.probabilities or {})
+    ranked = sorted(probabilities.items(), key=lambda item: -item[1])
+    return {
+        "prediction_id": prediction.id,
+        "strategy": prediction.strategy,
+        "experiment": prediction.experiment,
+        "arm": prediction.arm,
+        "label": prediction.label,
+        "class_index": prediction.class_index,
+        "confidence": prediction.confidence,
+        "probabilities": probabilities,
+        "top": ranked[:TOP_CLASSES],
+        "members": prediction.members or [],
+        "fallback": prediction.fallback,
+        "degraded": prediction.degraded or [],
+        "members_used": prediction.members_used,
+        "model_version": prediction.model_version,
+        "latency_ms": prediction.latency_ms,
+        "created_at": prediction.created_at,
+        "error": prediction.error,
+        "abstained": getattr(prediction, "abstained", None),
+        "uncertainty": getattr(prediction, "uncertainty", None),
+    }
+
+
 def render_prediction(
     prediction: Any,
     form: FeedbackForm | None = None,
     status: int = 200,
     error: str | None = None,
 ) -> ResponseReturnValue:
-    """A stored prediction (without its image, which is never kept) and its feedback."""
-    classes = tuple(prediction.probabilities or ())
+    """A stored prediction's full result page; its feedback form, the upload's thumbnail and
+    a sample's true class only in the browser session that made it."""
+    p = result_of(prediction)
+    classes = tuple(p["probabilities"])
     if form is None:
         feedback = prediction.feedback  # a "No" answer is shown; otherwise the placeholder
         wrong = feedback.true_class_index if feedback and not feedback.correct else None
         form = FeedbackForm(formdata=None, classes=classes, label=wrong)
+    mine = owned(prediction.id)
     catalogue = services().catalogue()
+    page = catalogue.get(prediction.strategy)
+    arm_page = catalogue.get(prediction.arm) or page
+    node = services().engine.snapshot().nodes.get(prediction.arm)
+    came_from = mine.came_from if mine else None
+    if mine is None and page is not None and page.page:
+        came_from = page.name
     html = render_template(
-        "pages/prediction.html",
+        # Only built-in names pick a template: user-created names never become a path.
+        ([f"{arm_page.name}/result.html"] if arm_page and arm_page.builtin else [])
+        + ["pages/result.html"],
+        p=p,
         prediction=prediction,
-        page=catalogue.get(prediction.strategy),
-        arm_page=catalogue.get(prediction.arm),
+        page=page,
+        arm_page=arm_page,
         classes=classes,
+        mine=mine is not None,
+        thumbnail=thumbnails().get(prediction.id) if mine else None,
+        canvas=canvas_uri(prediction.canvas),
+        true_label=mine.true_label if mine else None,
         feedback_form=form,
+        confirmation=get_flashed_messages(category_filter=[FEEDBACK_FLASH]),
         error=error,
+        back_url=_back_url(came_from),
+        members_total=len(getattr(node, "children", None) or node.leaves()) if node else None,
     )
     return html, status
 
@@ -266,32 +318,35 @@ def feedback(prediction_id: str) -> ResponseReturnValue:
     elif form.no.data:
         true_index = form.label.data
     else:
-        return render_prediction(stored, form, 400, "Press “Yes” or “No, it was:”.")
+        return render_prediction(
+            stored, form, 400, "Press “Yes”, or choose the true class and press “Send correction”."
+        )
     try:
         recorded = prediction_service.record_verdict(stored, true_index)
     except ServingError as exc:  # e.g. 429: the prediction holds the most verdicts kept
         return render_prediction(stored, form, status_of(exc), str(exc))
     verdict = "right" if recorded.correct else f"wrong: it was {classes[true_index]}"
     if recorded.counted:
-        flash(f"Thanks! Recorded that the prediction was {verdict}.", "success")
+        flash(f"Thanks! Recorded that the prediction was {verdict}.", FEEDBACK_FLASH)
     elif recorded.outcome == "later":
         flash(
             f"Thanks! Your answer (the prediction was {verdict}) is kept, but the first answer "
             "given for this prediction is the one that counts.",
-            "success",
+            FEEDBACK_FLASH,
         )
     else:
         flash(
             f"Thanks! Your answer (the prediction was {verdict}) is kept; this browser has "
             "already given as many answers as count towards one comparison.",
-            "success",
+            FEEDBACK_FLASH,
         )
-    return redirect(url_for("pages.prediction", prediction_id=stored.id))
+    return redirect(url_for("pages.prediction", prediction_id=stored.id), code=303)
 
 
 def make_blueprint(pages: Sequence[Strategy]) -> Blueprint:
     """The pages blueprint with one ``/<name>`` rule per built-in strategy page."""
     bp = Blueprint("pages", __name__)
+    bp.record_once(lambda state: state.app.extensions.setdefault(THUMBNAILS, RecentThumbnails()))
     bp.add_url_rule("/", "index", index, methods=("GET",))
     bp.add_url_rule("/predict", "predict", predict, methods=("GET", "POST"))
     for page in pages:

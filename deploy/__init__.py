@@ -1,0 +1,1 @@
+"""Deployment: the nginx front (serve.py), container files and scrape configs."""
