@@ -17,13 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from PIL import Image
 
 from app import create_app
+from bench.scale import trouser_png
 from ensembles.base import NoMembersLeftError
 from ensembles.bundle import EnsembleBundle, load_bundle
 from models.data import FASHION_MNIST_CLASSES
@@ -194,14 +193,8 @@ def break_ensemble(
 
 @pytest.fixture(scope="session")
 def image_png() -> bytes:
-    """A Fashion-MNIST-like 28x28 PNG: a light trouser shape on black."""
-    canvas = np.zeros((28, 28), dtype=np.uint8)
-    canvas[2:26, 9:13] = 200
-    canvas[2:26, 15:19] = 200
-    canvas[2:6, 9:19] = 220
-    buffer = io.BytesIO()
-    Image.fromarray(canvas).save(buffer, format="PNG")
-    return buffer.getvalue()
+    """A Fashion-MNIST-like 28x28 PNG: a light trouser shape on black (the benchmarks' too)."""
+    return trouser_png()
 
 
 @pytest.fixture
