@@ -50,7 +50,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SECRET_KEY_FILE := instance/secret_key
 
 ## nginx on $(HOST):$(PORT) in front, gunicorn behind it on a unix socket (deploy/serve.py:
-## config, pid, socket and logs in instance/front-$(PORT)); Ctrl-C stops both.
+## config, pid, sockets and logs in instance/front-$(PORT)); Ctrl-C stops both within seconds.
 serve: deps nginx
 	mkdir -p instance
 	@if [ -z "$$SECRET_KEY" ] && [ ! -s $(SECRET_KEY_FILE) ]; then \
@@ -74,6 +74,7 @@ bench: deps dataset
 	$(PY) -m bench.forward
 	$(PY) -m bench.load
 	$(PY) -m bench.cascade
+	$(PY) -m bench.request_path
 
 lint: dev-deps
 	$(VENV)/bin/ruff check .

@@ -19,13 +19,13 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 import store
-from ensembles.bundle import build_bundle
-from models.onnx_bank import DEFAULT_CACHE, RUNTIMES, member_bank
+from models.onnx_bank import DEFAULT_CACHE, RUNTIMES
 from models.preprocess import DEFAULT_MAX_PIXELS
-from models.registry import ARTIFACT_ROOT, load_artifact
+from models.registry import ARTIFACT_ROOT
 from serving import catalogue
 from serving.container import build_services
 from serving.service import ModelHolder
+from serving.versions import Loader, bundle_loader, startup_version
 from store.db import DatabaseUrlError
 from views import admin, api, cli, errors, health, hooks, metrics, pages, samples, templating, v2
 from views.context import EXTENSION
@@ -180,21 +180,25 @@ def set_torch_threads() -> None:
     torch.set_num_threads(threads)
 
 
-def load_models(app: Flask) -> ModelHolder:
-    """Load and warm the ensembles once; without them the app runs but is not ready (503)."""
+def load_models(app: Flask, loader: Loader, db: store.Store) -> tuple[ModelHolder, int | None]:
+    """Load and warm the ensembles once: the version last activated (else ``MODEL_VERSION``,
+    else the default); without them the app runs but is not ready (503). Returns the holder and
+    the activation it follows (None: none recorded, or ``BUNDLE`` was given)."""
     bundle = app.config["BUNDLE"]
-    if bundle is None:
+    if bundle is not None:
+        return ModelHolder(bundle), None
+    configured = app.config["MODEL_VERSION"]
+    version, activation = startup_version(db, configured)
+    tries = [version] if version == configured else [version, configured]
+    error = None
+    for attempt in tries:
         try:
-            root = Path(app.config["ARTIFACT_ROOT"])
-            artifact = load_artifact(app.config["MODEL_VERSION"], root)
-            cache = Path(app.config["ONNX_CACHE_DIR"])
-            bank = member_bank(artifact, app.config["RUNTIME"], cache_dir=cache)
-            bundle = build_bundle(artifact, bank=bank)
-            bundle.warm_up()
+            return ModelHolder(loader(attempt)), activation
         except Exception as exc:  # ArtifactError, or anything a broken artifact raises
-            log.exception("no model loaded; /readyz and predictions answer 503 until fixed")
-            return ModelHolder(None, f"{type(exc).__name__}: {exc}")
-    return ModelHolder(bundle)
+            error = exc
+            log.exception("model version %s did not load", attempt or "(default)")
+    log.error("no model loaded; /readyz and predictions answer 503 until fixed")
+    return ModelHolder(None, f"{type(error).__name__}: {error}"), activation
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -216,9 +220,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         raise ConfigError(str(exc)) from exc
     templating.init_app(app)
 
-    models = load_models(app)
     with app.app_context():
         db = store.get_store()
+    root = Path(app.config["ARTIFACT_ROOT"])
+    loader = bundle_loader(root, app.config["RUNTIME"], Path(app.config["ONNX_CACHE_DIR"]))
+    models, activation = load_models(app, loader, db)
     services = build_services(
         models,
         db,
@@ -227,7 +233,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         inline_after=bool(app.testing),
         decision_interval=app.config["DECISION_INTERVAL"],
         client_label_cap=app.config["CLIENT_LABEL_CAP"],
+        loader=loader,
+        artifact_root=root,
     )
+    services.versions.adopt(activation)
+    app.before_request(services.versions.follow)  # every worker follows activations
     app.extensions[EXTENSION] = services
     services.definitions.ensure_builtins(app.config["AB_SPLIT"])
     db.sessions.remove()
@@ -244,5 +254,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     for module in (api, v2, admin, health, metrics, errors, cli):
         app.register_blueprint(module.bp)
 
-    samples.gallery()  # read the test split now, shared by forked workers
+    samples.gallery(models.bundle)  # render it (and read any test split) once, before forking
     return app

@@ -9,7 +9,8 @@ WEB_CONCURRENCY            2               worker processes (CPU-bound: one per 
 GUNICORN_THREADS           1               threads per worker (>1 switches to gthread)
 TORCH_THREADS              1               torch intra-op threads per worker (app.py)
 GUNICORN_TIMEOUT           30              seconds before a silent worker is killed
-GUNICORN_GRACEFUL_TIMEOUT  30              seconds a worker gets to finish on restart/stop
+GUNICORN_GRACEFUL_TIMEOUT  30              seconds a worker gets to finish on restart/stop (make
+                                           serve sets its STOP_TIMEOUT, 5, unless given)
 GUNICORN_KEEPALIVE         5               idle keep-alive seconds (sync workers ignore it)
 GUNICORN_ACCESS_LOG        -               access log file; "-" is stdout, "off" disables it
 GUNICORN_CONTROL_SOCKET    (none)          path for gunicornc's control socket, if wanted
@@ -118,6 +119,26 @@ def post_fork(server: Any, worker: Any) -> None:
     server.log.info("worker %s: %d torch thread(s)", worker.pid, torch.get_num_threads())
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """End the worker here, with its exit status, once the atexit work (the deferred jobs'
+    drain, log flushing) is done: the interpreter's teardown in a forked worker can hang on
+    thread pools the preloaded master made (torch, ONNX Runtime) until the graceful timeout
+    kills it, which made a SIGTERM take 31 s instead of about 1 s."""
+    import atexit
+    import sys
+
+    error = sys.exc_info()[1]  # gunicorn calls this while the worker's SystemExit propagates
+    status = 0
+    if isinstance(error, SystemExit):
+        status = error.code if isinstance(error.code, int) else int(error.code is not None)
+    elif error is not None:
+        status = 1
+    atexit._run_exitfuncs()  # what the teardown would run first; the rest is skipped
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """A worker died: its live gauges (model version) leave the sums; its counters stay."""
     from serving.metrics import mark_worker_dead
@@ -128,3 +149,11 @@ def child_exit(server: Any, worker: Any) -> None:
 def on_exit(server: Any) -> None:
     """Remove this server's metrics folder: nothing reads it once every worker is gone."""
     shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Start the worker's model-version follower now, not at its first request, so an idle
+    worker switches versions as fast as a busy one (serving/versions.py)."""
+    services = getattr(worker.wsgi, "extensions", {}).get("chorus")
+    if services is not None:
+        services.versions.follow()

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ from models.banks import MemberBank
 from models.cnn import flops_per_image
 from models.manifest import Manifest
 from models.onnx_bank import DEFAULT_CACHE, member_bank
-from models.registry import ARTIFACT_ROOT, load_artifact
+from models.registry import ARTIFACT_ROOT, load_artifact, record_section
+from models.versions import TIMING_SECTION
 
 log = logging.getLogger(__name__)
 MATMUL_SIZE = 1024
@@ -184,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runtimes", default="torch,onnx", help="comma-separated: torch, onnx")
     parser.add_argument("--onnx-cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="keep the serving runtime's medians in the manifest (the console's forward times)",
+    )
     args = parser.parse_args(argv)
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     if not runtimes or set(runtimes) - {"torch", "onnx"}:
@@ -227,7 +234,30 @@ def main(argv: list[str] | None = None) -> int:
         "RSS: " + ", ".join(f"{stage} {mb:.0f} MiB" for stage, mb in rss.items()),
     ]
     sys.stdout.write("\n".join(out) + "\n")
+    if args.record:
+        record_section(artifact.path, TIMING_SECTION, timing_record(rows, args, peak))
+        log.warning("recorded the forward times in %s", artifact.path / "manifest.json")
     return 0
+
+
+def timing_record(rows: list[Row], args: argparse.Namespace, peak: float) -> dict:
+    """The serving runtime's (ONNX if measured, else torch) medians per member set and batch."""
+    runtime = "onnx" if any(r.runtime == "onnx" for r in rows) else "torch"
+    chosen = [r for r in rows if r.runtime == runtime]
+    record: dict = {
+        "runtime": runtime,
+        "cpu": cpu_model(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "repeat": args.repeat,
+        "matmul_peak_gflops": round(peak, 1),
+        "command": "python -m bench.forward --record"
+        + (f" --version {args.version}" if args.version else ""),
+    }
+    for batch in BATCHES:
+        record[f"batch{batch}_ms"] = {
+            r.label: round(r.median_ms, 3) for r in chosen if r.batch == batch
+        }
+    return record
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """``make serve``: nginx in front on ``$HOST:$PORT``, gunicorn behind it on a unix socket.
 
 ``python -m deploy.serve`` renders ``deploy/nginx.conf.template`` into a directory of its own
-per PORT (``FRONT_DIR``, default ``instance/front-$PORT``: config, pid, temp paths, error log and
-gunicorn's socket), starts gunicorn (``gunicorn.conf.py``, ``TRUSTED_PROXIES=1``) on the socket,
-waits for it to listen, then runs nginx in the foreground. Both are children of this process; a
-Ctrl-C or SIGTERM stops both (nginx gracefully, gunicorn with its graceful timeout), and when
-either exits on its own the other is stopped too.
+per PORT (``FRONT_DIR``, default ``instance/front-$PORT``: config, pid, temp paths, error log,
+gunicorn's socket and nginx's body-tier socket), starts gunicorn (``gunicorn.conf.py``,
+``TRUSTED_PROXIES=1``) on the socket, waits for it to listen, then runs nginx in the foreground.
+Both are children of this process, in process groups of their own (a terminal's Ctrl-C reaches
+this process only) and told to stop should it die. A Ctrl-C or SIGTERM stops nginx first (it
+stops accepting and finishes what it holds) and gunicorn after it, each given STOP_TIMEOUT
+seconds for requests in flight; when either exits on its own the other is stopped too.
 
 variable               default              meaning
 HOST, PORT             127.0.0.1 8000       where nginx listens
@@ -13,7 +15,11 @@ FRONT_DIR              instance/front-PORT  the per-instance run directory
 NGINX                  nginx                the nginx binary (Debian's package: make nginx)
 NGINX_WORKERS          1                    nginx worker processes
 CLIENT_TIMEOUT         10                   seconds a client gets to send headers, or between
-                                            two reads of its body, before a 408
+                                            two reads of its body, before a 408 (a stalled
+                                            header is closed: nginx answers none)
+STOP_TIMEOUT           5                    seconds requests in flight get on Ctrl-C/SIGTERM
+                                            (nginx's worker_shutdown_timeout; gunicorn's
+                                            graceful timeout unless GUNICORN_GRACEFUL_TIMEOUT)
 PREDICT_RATE_LIMIT     (off)                per-address limit on POST /api/v1/predict in
                                             requests per second, e.g. 20; off by default so a
                                             load test from one address measures the server
@@ -29,8 +35,10 @@ NGINX_ERROR_LOG        FRONT_DIR/error.log  nginx's error log ("stderr" in a con
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import shutil
@@ -53,6 +61,16 @@ TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
 #: checks the two agree).
 FORM_OVERHEAD_BYTES = 64 * 1024
 SOCKET_NAME = "gunicorn.sock"
+#: nginx's own second server (the body tier, nginx.conf.template says why).
+BODY_SOCKET_NAME = "nginx-body.sock"
+#: The internal locations of the errors nginx answers itself (``ERROR_URI`` + status).
+ERROR_URI = "/.chorus-errors/"
+#: Where the front sends a 408 off the API: nginx's ``return 408`` alone would answer nothing.
+HTML_408_URI = ERROR_URI + "408.html"
+#: Seconds the front waits beyond the body tier's timeouts, so the body tier answers first.
+TIER_SLACK_S = 5
+#: Seconds a child gets to exit after its last stop signal's deadline, before it is killed.
+KILL_AFTER_S = 3
 PR_SET_PDEATHSIG = 1
 #: JSON bodies of the errors nginx answers itself on /api/ and /v2/ (no quotes or backslashes).
 ERROR_MESSAGES: dict[int, str] = {
@@ -75,6 +93,11 @@ ERROR_MESSAGES: dict[int, str] = {
 
 #: nginx's internal "request header too large" answers as the 400 it is on the wire.
 PUBLIC_STATUS = {494: 400}
+#: What each server answers itself: only the front meets clients (stalls, the rate limit); only
+#: the body tier meets gunicorn (502: down, 504: too slow). The front's own 502 means the body
+#: tier hung up on a stalled body: a 408.
+FRONT_ERRORS = (400, 408, 413, 414, 429, 494, 500, 503, 504)
+BODY_ERRORS = (400, 413, 414, 494, 500, 502, 503, 504)
 
 
 class FrontError(RuntimeError):
@@ -109,6 +132,7 @@ class FrontConfig:
     predict_burst: int
     upstream: str | None = None
     error_log: str | None = None
+    stop_timeout: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FrontConfig:
@@ -130,6 +154,7 @@ class FrontConfig:
             predict_burst=int(_env_number(env, "PREDICT_RATE_BURST", 20, 0)),
             upstream=env.get("UPSTREAM", "").strip() or None,
             error_log=env.get("NGINX_ERROR_LOG", "").strip() or None,
+            stop_timeout=int(_env_number(env, "STOP_TIMEOUT", 5, 1)),
         )
 
     @property
@@ -137,23 +162,60 @@ class FrontConfig:
         return self.run_dir / SOCKET_NAME
 
     @property
+    def body_socket(self) -> Path:
+        return self.run_dir / BODY_SOCKET_NAME
+
+    @property
     def listen(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def error_pages(config: FrontConfig) -> str:
-    """``error_page`` lines and one named location per status: JSON on the API, else nginx's."""
+def _message(config: FrontConfig, status: int) -> str:
+    """An error's text with this instance's timeout and body limit, as the client will see it."""
     max_mb = f"{(config.max_body_bytes - FORM_OVERHEAD_BYTES) / 2**20:g}"
+    text = ERROR_MESSAGES[status]
+    return text.replace("@TIMEOUT@", str(config.client_timeout)).replace("@MAX_MB@", max_mb)
+
+
+def error_pages(config: FrontConfig, statuses: tuple[int, ...], front: bool) -> str:
+    """``error_page`` lines and one internal location per status: JSON on the API, else nginx's
+    page; the front also maps its own 502 to the 408 and has the 408's HTML page.
+
+    The locations are URIs, not named ones: a request whose line could not be read (a 400, a
+    414) has no URI, and nginx refuses to send such a request to a named location (a 500)."""
     blocks = []
-    for status, text in ERROR_MESSAGES.items():
-        message = text.replace("@TIMEOUT@", str(config.client_timeout)).replace("@MAX_MB@", max_mb)
+    if front:
         blocks.append(
-            f"        error_page {status} = @error{status};\n"
-            f"        location @error{status} {{\n"
+            "        # Its own 502: the body tier hung up on a body that stopped arriving.\n"
+            f"        error_page 502 = {ERROR_URI}408;"
+        )
+    for status in statuses:
+        # ``return 408`` without a body closes the connection: off the API it needs a page.
+        other = f"rewrite ^ {HTML_408_URI} last" if status == 408 else f"return {status}"
+        blocks.append(
+            f"        error_page {status} = {ERROR_URI}{status};\n"
+            f"        location = {ERROR_URI}{status} {{\n"
+            "            internal;\n"
             "            default_type application/json;\n"
-            f"            if ($chorus_api = 0) {{ return {status}; }}\n"
+            + (
+                "            keepalive_timeout 0;  # the rest of the body may still come\n"
+                if status == 408
+                else ""
+            )
+            + f"            if ($chorus_api = 0) {{ {other}; }}\n"
             f"            return {PUBLIC_STATUS.get(status, status)} "
-            f'\'{{"error": "{message}"}}\\n\';\n'
+            f'\'{{"error": "{_message(config, status)}"}}\\n\';\n'
+            "        }"
+        )
+    if front and 408 in statuses:
+        blocks.append(
+            f"        location = {HTML_408_URI} {{\n"
+            "            internal;\n"
+            "            default_type text/html;\n"
+            "            keepalive_timeout 0;\n"
+            "            return 408 '<html>\\n<head><title>408 Request Time-out</title></head>\\n"
+            "<body>\\n<center><h1>408 Request Time-out</h1></center>\\n"
+            f"<p>{_message(config, 408)}</p>\\n</body>\\n</html>\\n';\n"
             "        }"
         )
     return "\n".join(blocks)
@@ -178,12 +240,19 @@ def render(config: FrontConfig, template: str | None = None) -> str:
         "ACCESS_LOG": "/dev/stdout",
         "MAX_BODY_BYTES": str(config.max_body_bytes),
         "CLIENT_TIMEOUT": str(config.client_timeout),
+        "FRONT_BODY_TIMEOUT": str(config.client_timeout + TIER_SLACK_S),
         "UPSTREAM_TIMEOUT": str(config.upstream_timeout),
+        "FRONT_UPSTREAM_TIMEOUT": str(
+            max(config.upstream_timeout, config.client_timeout) + TIER_SLACK_S
+        ),
+        "STOP_TIMEOUT": str(config.stop_timeout),
         "UPSTREAM": config.upstream or f"unix:{config.socket}",
+        "BODY_SOCKET": str(config.body_socket),
         "LISTEN": config.listen,
         "PREDICT_LIMIT_ZONE": zone,
         "PREDICT_LIMIT": limit,
-        "ERROR_PAGES": error_pages(config),
+        "FRONT_ERROR_PAGES": error_pages(config, FRONT_ERRORS, front=True),
+        "BODY_ERROR_PAGES": error_pages(config, BODY_ERRORS, front=False),
     }
     for name, value in fields.items():
         text = text.replace(f"@{name}@", value)
@@ -217,7 +286,7 @@ def prepare(config: FrontConfig) -> Path:
                     f"another Chorus front is already running on {config.socket}; stop it, or "
                     "choose another PORT or FRONT_DIR"
                 )
-    for stale in (config.socket, config.run_dir / "nginx.pid"):
+    for stale in (config.socket, config.body_socket, config.run_dir / "nginx.pid"):
         stale.unlink(missing_ok=True)
     path = config.run_dir / "nginx.conf"
     path.write_text(render(config))
@@ -262,6 +331,8 @@ class Front:
     def __init__(self, config: FrontConfig, env: Mapping[str, str]) -> None:
         self.config = config
         self.env = {**env, "TRUSTED_PROXIES": "1"}
+        # In-flight requests get STOP_TIMEOUT on a stop, not gunicorn's default 30 s.
+        self.env.setdefault("GUNICORN_GRACEFUL_TIMEOUT", str(config.stop_timeout))
         self.gunicorn: subprocess.Popen[bytes] | None = None
         self.nginx: subprocess.Popen[bytes] | None = None
         self.stopping = False
@@ -277,7 +348,7 @@ class Front:
         check = subprocess.run([*nginx, "-t", "-q"], capture_output=True, text=True)
         if check.returncode != 0:
             raise FrontError(f"nginx refused the generated config {conf}:\n{check.stderr}")
-        self.gunicorn = subprocess.Popen(gunicorn_command(self.config), cwd=ROOT, env=self.env)
+        self.gunicorn = self._spawn(gunicorn_command(self.config), ROOT, signal.SIGTERM)
         deadline = time.monotonic() + ready_timeout
         while not self.config.socket.exists():
             if self.gunicorn.poll() is not None or self.stopping:
@@ -285,7 +356,7 @@ class Front:
             if time.monotonic() > deadline:
                 raise FrontError(f"gunicorn did not listen on {self.config.socket} in time")
             time.sleep(0.1)
-        self.nginx = subprocess.Popen(nginx, cwd=self.config.run_dir, env=self.env)
+        self.nginx = self._spawn(nginx, self.config.run_dir, signal.SIGQUIT)
         log.info(
             "front: nginx on http://%s/ -> gunicorn on %s (run dir %s)",
             self.config.listen,
@@ -303,29 +374,59 @@ class Front:
             time.sleep(0.2)
         return 0
 
-    def stop(self, timeout: float = 45.0) -> None:
-        """nginx: SIGQUIT (finish requests); gunicorn: SIGTERM (graceful); SIGKILL if stuck."""
-        for child, signum in ((self.nginx, signal.SIGQUIT), (self.gunicorn, signal.SIGTERM)):
-            if child is not None and child.poll() is None:
-                child.send_signal(signum)
-        for child in (self.nginx, self.gunicorn):
+    def _spawn(
+        self, command: list[str], cwd: Path, on_orphan: signal.Signals
+    ) -> subprocess.Popen[bytes]:
+        """A child in a process group of its own (a terminal's Ctrl-C reaches only this
+        process, which then stops the children in order) that gets ``on_orphan`` should this
+        process die without stopping it."""
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=self.env,
+            process_group=0,
+            preexec_fn=functools.partial(_die_with_parent, on_orphan),
+        )
+
+    def stop(self) -> None:
+        """nginx first (SIGQUIT: stop accepting, finish what it holds; SIGTERM after
+        STOP_TIMEOUT drops slow clients), then gunicorn (SIGTERM: finish the requests in flight
+        within its graceful timeout); SIGKILL for whatever is still there after that."""
+        graceful = _env_number(self.env, "GUNICORN_GRACEFUL_TIMEOUT", self.config.stop_timeout, 0)
+        steps = (  # (child, ((signal, seconds to wait for its exit), ...))
+            (
+                self.nginx,
+                ((signal.SIGQUIT, self.config.stop_timeout), (signal.SIGTERM, KILL_AFTER_S)),
+            ),
+            (self.gunicorn, ((signal.SIGTERM, graceful + KILL_AFTER_S),)),
+        )
+        for child, signals in steps:
             if child is None:
                 continue
-            try:
-                child.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("front: %s ignored its stop signal; killing it", child.args[0])
-                child.kill()
+            for signum, seconds in signals:
+                if child.poll() is None:
+                    child.send_signal(signum)
+                try:
+                    child.wait(timeout=seconds)
+                    break
+                except subprocess.TimeoutExpired:
+                    log.info("front: %s still busy after %s s", child.args[0], seconds)
+            else:
+                log.warning("front: %s ignored its stop signals; killing it", child.args[0])
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)  # its workers too: they share its group
                 child.wait()
-        self.config.socket.unlink(missing_ok=True)
+        for path in (self.config.socket, self.config.body_socket):
+            path.unlink(missing_ok=True)
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the parent (make) dies, so a killed ``make serve`` stops both."""
+def _die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Linux: get ``signum`` when the parent dies, so a killed ``make serve`` (this process's
+    parent) or a killed front (its children's) leaves nothing running."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: Ctrl-C still reaches the whole group
+        libc.prctl(PR_SET_PDEATHSIG, int(signum))
+    except (OSError, AttributeError):  # not Linux: stop the front before its parent
         log.debug("front: no parent-death signal on this system")
 
 

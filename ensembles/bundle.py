@@ -21,6 +21,7 @@ from ensembles.cascade import Cascade
 from ensembles.stacking import MetaModel, Stacking
 from ensembles.uncertainty import Abstainer, abstainer_from
 from models.banks import MemberBank, TorchBank
+from models.data import trained_on_fashion_mnist
 from models.manifest import Manifest, ManifestError
 from models.registry import ARTIFACT_ROOT, Artifact, load_artifact
 
@@ -44,6 +45,15 @@ class BlendSplit:
     labels: np.ndarray  # (N,)
 
 
+@dataclass(frozen=True)
+class Gallery:
+    """A few held-out (test-split) images per class, stored with the artifact: samples a
+    person can try that the members never trained on."""
+
+    images: np.ndarray  # (N, 28, 28) uint8, as the model sees them
+    labels: np.ndarray  # (N,) int64 indices into the bundle's classes
+
+
 @dataclass
 class EnsembleBundle:
     """The ensembles of one artifact version, ready to predict."""
@@ -59,6 +69,14 @@ class EnsembleBundle:
     blend: BlendSplit | None = None
     #: The fitted uncertainty combiner (None: answers never abstain).
     abstainer: Abstainer | None = None
+    #: The stored sample images, or None with ``gallery_error`` saying why.
+    gallery: Gallery | None = None
+    gallery_error: str | None = None
+
+    @property
+    def fashion_mnist(self) -> bool:
+        """Whether this version was trained on Fashion-MNIST (its test split is then a gallery)."""
+        return trained_on_fashion_mnist(self.manifest)
 
     @property
     def strategies(self) -> tuple[str, ...]:
@@ -148,6 +166,11 @@ def build_bundle(
             probabilities=artifact.blend["probabilities"].astype(np.float64),
             labels=artifact.blend["labels"].astype(np.int64),
         )
+    gallery = None
+    if artifact.gallery is not None:
+        gallery = Gallery(
+            images=artifact.gallery["images"], labels=artifact.gallery["labels"].astype(np.int64)
+        )
     return EnsembleBundle(
         version=artifact.version,
         classes=info.classes,
@@ -157,6 +180,8 @@ def build_bundle(
         bank=bank,
         blend=blend,
         abstainer=abstainer_from(artifact.abstention, artifact.abstention_error, artifact.version),
+        gallery=gallery,
+        gallery_error=artifact.gallery_error,
     )
 
 

@@ -5,8 +5,9 @@ Splits the 60,000 training images into a *fit* split (members train on it) and a
 (validation: the meta-model fits on it, the cascade's order and threshold are chosen on it,
 member validation accuracy is measured on it). The 10,000 test images are only scored, after
 everything is fitted. Writes ``models/artifacts/<version>/`` with safetensors weights, the
-meta-model and the members' blend-split probabilities as plain arrays, and a manifest recording
-how the artifact was made and how well it does.
+meta-model and the members' blend-split probabilities as plain arrays, a few held-out test images
+per class (the version's sample gallery), and a manifest recording how the artifact was made and
+how well it does. With ``--data DIR`` the default version is named after DIR.
 
 ``--members-from VERSION`` skips member training: the members (and Bagging's and Boosting's
 specs, alphas included) come from that verified artifact under ``--artifacts``, and everything
@@ -21,6 +22,7 @@ import argparse
 import copy
 import logging
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -40,11 +42,20 @@ from ensembles.members import MemberFactory
 from ensembles.stacking import META_CHOICES, Stacking
 from ensembles.trainer import TrainConfig
 from models.cnn import CNNConfig
-from models.data import Dataset, load_fashion_mnist, load_image_folder, train_val_split
+from models.data import (
+    FASHION_MNIST,
+    IMAGE_FOLDER,
+    Dataset,
+    gallery_indices,
+    load_fashion_mnist,
+    load_image_folder,
+    train_val_split,
+)
 from models.manifest import Manifest
 from models.registry import (
     ARTIFACT_ROOT,
     BLEND_FILE,
+    GALLERY_FILE,
     Artifact,
     ArtifactError,
     load_artifact,
@@ -55,6 +66,10 @@ from models.tensor import resolve_device
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BLEND_DTYPE = np.float32  # 10,000 x 9 x 10 x 4 bytes = 3.6 MB; ample for refitting
+#: Held-out test images stored per class as the version's own samples (784 bytes each).
+GALLERY_PER_CLASS = 4
+#: Longest data-folder slug in a version name; with "-YYYYmmdd-HHMMSS" it stays under 64.
+SLUG_MAX = 40
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,7 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ARTIFACT_ROOT,
         help="artifact root: where the new version is written and --members-from is read",
     )
-    p.add_argument("--version", default=None, help="artifact version name (default: timestamp)")
+    p.add_argument(
+        "--version",
+        default=None,
+        help="artifact version name (default: fmnist-<timestamp>, or with --data the data "
+        "folder's name and a timestamp)",
+    )
     p.add_argument(
         "--members-from",
         default=None,
@@ -117,6 +137,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--abstention fits on Fashion-MNIST's blend split; it cannot be used with --data")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
+
+
+def slug(name: str) -> str:
+    """A folder name as a version-name prefix: lowercase letters, digits and single hyphens."""
+    text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return text[:SLUG_MAX].rstrip("-") or "data"
+
+
+def default_version(data_dir: Path | None, now: datetime | None = None) -> str:
+    """``fmnist-<timestamp>``, or ``<slug of the data folder>-<timestamp>`` with ``--data``, so
+    the version says what it was trained on."""
+    prefix = slug(data_dir.resolve().name) if data_dir is not None else "fmnist"
+    return f"{prefix}-{(now or datetime.now(UTC)):%Y%m%d-%H%M%S}"
+
+
+def gallery_arrays(data: Dataset) -> dict[str, np.ndarray]:
+    """Up to ``GALLERY_PER_CLASS`` test-split images of each class (never training images),
+    classes in turn, as the model sees them: the samples the version's home page offers."""
+    picked = np.asarray(
+        gallery_indices(data.test_labels, GALLERY_PER_CLASS * len(data.classes), GALLERY_PER_CLASS),
+        dtype=np.int64,
+    )
+    return {
+        "images": np.ascontiguousarray(data.test_images[picked], dtype=np.uint8),
+        "labels": data.test_labels[picked].astype(np.int64),
+        "indices": picked,
+    }
 
 
 def code_revision(repo: Path = REPO_ROOT) -> dict:
@@ -388,7 +435,8 @@ def train(args: argparse.Namespace) -> Path:
             log.exception("photo-like evaluation failed; run `make evaluate` after fixing it")
     seconds["evaluation"] = time.perf_counter() - t
 
-    version = args.version or datetime.now(UTC).strftime("fmnist-%Y%m%d-%H%M%S")
+    version = args.version or default_version(args.data)
+    gallery = gallery_arrays(data)
     val_acc = dict(zip(stacking.member_names_, stacking.member_val_accuracy_, strict=True))
     manifest = {
         "format": 1,
@@ -408,6 +456,7 @@ def train(args: argparse.Namespace) -> Path:
             "machine": platform.machine(),
         },
         "data": {
+            "dataset": IMAGE_FOLDER if args.data else FASHION_MNIST,
             "source": data.source,
             "checksum_sha256": data.checksum,
             "fit_size": int(len(fit_idx)),
@@ -443,6 +492,17 @@ def train(args: argparse.Namespace) -> Path:
                 "indices": "(N,) int64 positions of the blend images in the training set",
             },
         },
+        "gallery": {
+            "file": GALLERY_FILE,
+            "n": int(len(gallery["labels"])),
+            "per_class": GALLERY_PER_CLASS,
+            "split": "test (held out from every member and every fit)",
+            "arrays": {
+                "images": "(N, 28, 28) uint8 test images as the model sees them",
+                "labels": "(N,) int64 class indices",
+                "indices": "(N,) int64 positions of the images in the test split",
+            },
+        },
         "members": {
             name: {"val_accuracy": round(val_acc[name], 6), "test": test["members"][name]}
             for name in stacking.member_names_
@@ -457,7 +517,9 @@ def train(args: argparse.Namespace) -> Path:
         "labels": blend_labels.astype(np.int64),
         "indices": blend_idx.astype(np.int64),
     }
-    path = save_artifact(args.out, version, manifest, by_name, meta_arrays, blend_arrays)
+    path = save_artifact(
+        args.out, version, manifest, by_name, meta_arrays, blend_arrays, gallery_arrays=gallery
+    )
     log.info("wrote %s in %.0f s", path, time.perf_counter() - started)
     for name, m in test["strategies"].items():
         log.info(

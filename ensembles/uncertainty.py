@@ -224,6 +224,28 @@ class Assessment:
 NOT_ASSESSED = Assessment(False, None)
 
 
+def assess_batch(
+    abstainer: Abstainer | None,
+    result: Result,
+    features: Sequence[Mapping[str, Any]],
+    canvases: Sequence[np.ndarray],
+    data: Sequence[bytes | None],
+) -> list[Assessment]:
+    """Serving's call for a result's images, in its row order (``data[i]`` None: pixels sent,
+    no file); a failure to score never fails the predictions."""
+    if abstainer is None:
+        return [NOT_ASSESSED] * len(features)
+    try:
+        facts = [
+            input_facts(f, canvas, raw)
+            for f, canvas, raw in zip(features, canvases, data, strict=True)
+        ]
+        return abstainer.assess(result, facts)
+    except Exception:
+        log.exception("uncertainty not scored; answering without abstention")
+        return [NOT_ASSESSED] * len(features)
+
+
 def assess_one(
     abstainer: Abstainer | None,
     result: Result,
@@ -231,14 +253,8 @@ def assess_one(
     canvas: np.ndarray,
     data: bytes | None,
 ) -> Assessment:
-    """Serving's call for one upload; a failure to score never fails the prediction."""
-    if abstainer is None:
-        return NOT_ASSESSED
-    try:
-        return abstainer.assess(result, [input_facts(features, canvas, data)])[0]
-    except Exception:
-        log.exception("uncertainty not scored; answering without abstention")
-        return NOT_ASSESSED
+    """Serving's call for one upload: the batch form over a batch of one."""
+    return assess_batch(abstainer, result, [features], [canvas], [data])[0]
 
 
 def abstainer_from(

@@ -12,8 +12,10 @@ import hashlib
 import logging
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,9 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "Bag",
     "Ankle boot",
 )
+#: ``manifest["data"]["dataset"]`` of an artifact trained on Fashion-MNIST (else ``IMAGE_FOLDER``).
+FASHION_MNIST = "fashion-mnist"
+IMAGE_FOLDER = "image-folder"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chorus"
 _IDX_FILES = {
@@ -171,6 +176,32 @@ def load_image_folder(root: Path, test_fraction: float = 0.15, seed: int = 0) ->
         checksum=_sha256_files(files),
         source=str(root),
     )
+
+
+def trained_on_fashion_mnist(manifest: Mapping[str, Any]) -> bool:
+    """Whether an artifact's data was Fashion-MNIST: ``data.dataset`` says so, and artifacts
+    made before it was recorded (whose ``data.source`` is only a path) are known by their classes.
+    """
+    data = manifest.get("data")
+    dataset = data.get("dataset") if isinstance(data, Mapping) else None
+    if dataset is not None:
+        return dataset == FASHION_MNIST
+    return tuple(manifest.get("classes") or ()) == FASHION_MNIST_CLASSES
+
+
+def gallery_indices(labels: np.ndarray, size: int, per_class: int | None = None) -> list[int]:
+    """The k-th image of each class in turn (k = 0, 1, ...; at most ``per_class`` each), up to
+    ``size``: every class shown, the same every run."""
+    if len(labels) == 0:
+        return []
+    by_class = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+    rounds = max(len(idx) for idx in by_class)
+    picked: list[int] = []
+    for k in range(rounds if per_class is None else min(rounds, per_class)):
+        for idx in by_class:
+            if k < len(idx) and len(picked) < size:
+                picked.append(int(idx[k]))
+    return picked
 
 
 def train_val_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from serving import catalogue
 from serving.deferred import DeferredRunner
@@ -14,6 +15,7 @@ from serving.monitoring import Monitor
 from serving.recorder import Recorder
 from serving.reports import Reports
 from serving.service import ModelHolder, PredictionService
+from serving.versions import Loader, ModelVersions, status_changers
 from store.db import Store
 
 
@@ -30,6 +32,7 @@ class Services:
     guardian: Guardian
     metrics: Metrics
     monitor: Monitor
+    versions: ModelVersions
 
     def catalogue(self) -> catalogue.Catalogue:
         """Built-in and created strategies as they stand now (cached by the engine's TTL)."""
@@ -68,13 +71,16 @@ def build_services(
     inline_after: bool = False,
     decision_interval: float = 1.0,
     client_label_cap: int | None = None,
+    loader: Loader,
+    artifact_root: Path,
 ) -> Services:
     """The prediction service, the definition service and the reports over one engine.
 
     ``inline_after`` runs shadows in the request that closes (tests, CLI) rather than on the
     process's background thread; ``decision_interval`` is how often (seconds) the guardian may
     evaluate one experiment in this process; ``client_label_cap`` is how many counted verdicts
-    one client may contribute to one experiment (``CLIENT_LABEL_CAP``; None: no cap)."""
+    one client may contribute to one experiment (``CLIENT_LABEL_CAP``; None: no cap);
+    ``loader`` loads a model version under ``artifact_root`` for activations."""
     metrics = Metrics()
     engine = ExperimentEngine(db, lambda: models.bundle, ttl=ttl)
     recorder = Recorder(db, client_label_cap=client_label_cap)
@@ -100,6 +106,15 @@ def build_services(
     )
     reports = Reports(db, events=definitions.events)
     definitions.results = reports.results
+    versions = ModelVersions(
+        models,
+        db,
+        engine,
+        loader,
+        artifact_root,
+        background=not inline_after,
+        **status_changers(definitions, db),
+    )
     return Services(
-        models, db, engine, prediction, definitions, reports, guardian, metrics, monitor
+        models, db, engine, prediction, definitions, reports, guardian, metrics, monitor, versions
     )

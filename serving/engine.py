@@ -72,6 +72,9 @@ class Snapshot:
     ensembles: dict[str, dict[str, Any]]  # created ensembles: name -> row facts
     experiments: dict[str, LiveExperiment]
     broken: dict[str, str] = field(default_factory=dict)  # name -> why it cannot be served
+    #: The bundle these nodes were built from: a request uses it throughout, so a version
+    #: swapped in mid-request never mixes two versions' members in one answer.
+    bundle: EnsembleBundle | None = None
 
 
 def builtin_nodes(bundle: EnsembleBundle) -> dict[str, Node]:
@@ -212,7 +215,7 @@ class ExperimentEngine:
                 router=router,
                 builtin=bool(row.builtin),
             )
-        return Snapshot(now, bundle.version, nodes, ensembles, experiments, broken)
+        return Snapshot(now, bundle.version, nodes, ensembles, experiments, broken, bundle)
 
     # -- routing -----------------------------------------------------------------------------
     def _arm_stats(self, experiment: LiveExperiment) -> dict[str, ArmStats]:

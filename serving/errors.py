@@ -29,3 +29,7 @@ class Unavailable(ServingError):
 
 class TooManyRequests(ServingError):
     """The caller reached a limit, e.g. the verdicts kept for one prediction (HTTP 429)."""
+
+
+class Unprocessable(ServingError):
+    """Well-formed but refused: e.g. a model version that fails verification (HTTP 422)."""

@@ -4,8 +4,10 @@ answers -> response bytes, JSON tensors and Triton's binary tensor extension ali
 Chorus models take one input, ``image``: ``UINT8 [N, 28, 28]`` (pixels already framed like
 Fashion-MNIST) or ``BYTES [N]`` (encoded image files: base64 text in JSON, raw bytes in the
 binary extension). They answer ``probabilities FP32 [N, C]``, ``class_index INT64 [N]`` and
-``label BYTES [N]``. Every malformed request raises ``ProtocolError`` (a 400) naming what was
-wrong, so nothing a client sends can become a 500.
+``label BYTES [N]`` (the contract's outputs), plus ``abstained BOOL [N]`` and ``uncertainty
+FP32 [N]`` as ``/api/v1/predict`` scores them (NaN in binary, null in JSON: not scored, when the
+artifact has no fitted abstention). Every malformed request raises ``ProtocolError`` (a 400)
+naming what was wrong, so nothing a client sends can become a 500.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -30,8 +33,16 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 #: Images one request may carry; they are answered in one forward.
 MAX_BATCH = 256
 INPUT_NAME = "image"
-OUTPUT_NAMES: tuple[str, ...] = ("probabilities", "class_index", "label")
-OUTPUT_TYPES = {"probabilities": "FP32", "class_index": "INT64", "label": "BYTES"}
+OUTPUT_TYPES = {
+    "probabilities": "FP32",
+    "class_index": "INT64",
+    "label": "BYTES",
+    "abstained": "BOOL",
+    "uncertainty": "FP32",
+}
+OUTPUT_NAMES: tuple[str, ...] = tuple(OUTPUT_TYPES)
+#: Little-endian numpy dtypes of the fixed-size datatypes (BYTES are length-prefixed).
+NUMPY_TYPES = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}
 EXTENSIONS: tuple[str, ...] = ("binary_tensor_data",)
 MAX_ID_LENGTH = 256
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
@@ -88,6 +99,8 @@ class InferAnswer:
     labels: Sequence[str]
     prediction_ids: Sequence[str]
     arms: Sequence[str]
+    abstained: np.ndarray  # (N,) bool
+    uncertainty: np.ndarray  # (N,) float32, NaN where not scored
 
 
 def answer_from_bodies(bodies: Sequence[Mapping[str, Any]]) -> InferAnswer:
@@ -98,6 +111,11 @@ def answer_from_bodies(bodies: Sequence[Mapping[str, Any]]) -> InferAnswer:
         labels=[b["label"] for b in bodies],
         prediction_ids=[b["prediction_id"] for b in bodies],
         arms=[b["arm"] for b in bodies],
+        abstained=np.array([bool(b["abstained"]) for b in bodies], dtype=bool),
+        uncertainty=np.array(
+            [math.nan if b["uncertainty"] is None else b["uncertainty"] for b in bodies],
+            dtype="<f4",
+        ),
     )
 
 
@@ -115,9 +133,12 @@ def model_metadata(name: str, kind: str, version: str, classes: Sequence[str]) -
         "platform": "pytorch" if kind == "member" else f"chorus_{kind}",
         "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 28, 28]}],
         "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]},
-            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {
+                "name": output,
+                "datatype": datatype,
+                "shape": [-1, len(classes)] if output == "probabilities" else [-1],
+            }
+            for output, datatype in OUTPUT_TYPES.items()
         ],
         # Not in the spec's schema, which has one datatype per input: the other accepted form.
         "parameters": {
@@ -416,13 +437,10 @@ def decode_request(body: bytes, header_length: str | None, max_file_bytes: int) 
 # -- responses -----------------------------------------------------------------------------------
 def _tensor(name: str, answer: InferAnswer) -> tuple[list[int], Any]:
     """(shape, numpy array or list of bytes) of one output."""
-    if name == "probabilities":
-        array = np.ascontiguousarray(answer.probabilities, dtype="<f4")
-        return list(array.shape), array
-    if name == "class_index":
-        array = np.ascontiguousarray(answer.class_index, dtype="<i8")
-        return list(array.shape), array
-    return [len(answer.labels)], [label.encode("utf-8") for label in answer.labels]
+    if name == "label":
+        return [len(answer.labels)], [label.encode("utf-8") for label in answer.labels]
+    array = np.ascontiguousarray(getattr(answer, name), dtype=NUMPY_TYPES[OUTPUT_TYPES[name]])
+    return list(array.shape), array
 
 
 def _binary(value: Any) -> bytes:
@@ -432,8 +450,12 @@ def _binary(value: Any) -> bytes:
 
 
 def _json_data(value: Any) -> list[Any]:
+    """JSON elements of an output; a NaN (not scored) is null, as JSON has no NaN."""
     if isinstance(value, np.ndarray):
-        return value.reshape(-1).tolist()
+        flat = value.reshape(-1).tolist()
+        if value.dtype.kind == "f":
+            return [None if math.isnan(x) else x for x in flat]
+        return flat
     return [item.decode("utf-8") for item in value]
 
 

@@ -140,14 +140,16 @@ class Metrics:
         )
         self.predictions = Counter(
             "ensemble_predictions",
-            "Prediction requests by requested strategy and outcome "
-            "(ok, rejected: a bad request, unavailable: no model or the ensemble failed, error).",
+            "Predictions by requested strategy and outcome (ok, rejected: a bad request, "
+            "unavailable: no model or the ensemble failed, error); an inference-protocol batch "
+            "counts once per image, answered or failed.",
             ["strategy", "status"],
             registry=r,
         )
         self.errors = Counter(
             "ensemble_prediction_errors",
-            "Failed prediction requests by requested strategy and error type.",
+            "Failed predictions by requested strategy and error type; a failed "
+            "inference-protocol batch counts once per image it carried.",
             ["strategy", "error"],
             registry=r,
         )
@@ -242,11 +244,12 @@ class Metrics:
             self.member_agreement.labels(model).observe(agreeing / len(votes))
 
     @never_raises
-    def failed(self, strategy: str | None, error: BaseException) -> None:
-        """A prediction request that ended in an error (``strategy`` None: not a known name)."""
+    def failed(self, strategy: str | None, error: BaseException, images: int = 1) -> None:
+        """A prediction request that ended in an error (``strategy`` None: not a known name);
+        a failed batch counts each of its ``images``, as an answered one counts each answer."""
         label = strategy or "unknown"
-        self.predictions.labels(label, prediction_status(error)).inc()
-        self.errors.labels(label, type(error).__name__).inc()
+        self.predictions.labels(label, prediction_status(error)).inc(images)
+        self.errors.labels(label, type(error).__name__).inc(images)
 
     @never_raises
     def decided(self, experiment: str, action: str, evidence: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import store
 from store.db import Store
+from store.queries import record_prediction
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +21,14 @@ class Recorder:
         self.client_label_cap = client_label_cap
 
     def prediction(self, **fields: Any) -> None:
-        """Store one served (or failed) prediction in the caller's thread session."""
-        store.add_prediction(self.db.sessions(), **fields)
+        """Store one served (or failed) prediction in the caller's thread session, committed
+        before the answer leaves (``record_prediction``: the request path's lean insert)."""
+        record_prediction(self.db.sessions(), **fields)
 
     def shadow(self, **fields: Any) -> None:
         """Store a shadow run in a session of its own: it runs after the response was sent."""
         with self.db.sessions.session_factory() as session:
-            store.add_prediction(session, **fields)
+            record_prediction(session, **fields)
 
     def get(self, prediction_id: str) -> store.Prediction | None:
         """A stored prediction with its feedback, or None."""

@@ -24,7 +24,7 @@ import torch
 from ensembles.base import EnsembleError, Result
 from ensembles.bundle import EnsembleBundle
 from ensembles.composite import Node, predict_node
-from ensembles.uncertainty import assess_one
+from ensembles.uncertainty import assess_batch, assess_one
 from experiments.assignment import hash_client_id
 from experiments.routers import Route
 from models.preprocess import DEFAULT_MAX_PIXELS, Preprocessed, PreprocessError, analyse
@@ -233,21 +233,23 @@ class PredictionService:
 
     def _target(
         self, strategy: str | None, members: bool = False
-    ) -> tuple[Node | None, LiveExperiment | None]:
+    ) -> tuple[Node | None, LiveExperiment | None, EnsembleBundle]:
+        """The node or experiment ``strategy`` names, with the bundle its snapshot was built on."""
         if not strategy:
             raise InvalidRequest(
                 f'"strategy" is required: choose one of {", ".join(self.strategies())}.',
                 field="strategy",
             )
         snap = self.engine.snapshot()
+        bundle = snap.bundle or self.bundle()
         if strategy in snap.experiments:
-            return None, snap.experiments[strategy]
+            return None, snap.experiments[strategy], bundle
         if strategy in snap.broken:
             raise Conflict(f"{snap.broken[strategy]}. Choose another strategy.", field="strategy")
-        created_or_builtin = strategy in snap.ensembles or strategy in self.bundle().ensembles
-        member = members and strategy in self.bundle().bank.names
+        created_or_builtin = strategy in snap.ensembles or strategy in bundle.ensembles
+        member = members and strategy in bundle.bank.names
         if (created_or_builtin or member) and strategy in snap.nodes:
-            return snap.nodes[strategy], None
+            return snap.nodes[strategy], None, bundle
         raise InvalidRequest(
             f"Unknown strategy {strategy[:40]!r}: choose one of {', '.join(self.strategies())}.",
             field="strategy",
@@ -284,8 +286,7 @@ class PredictionService:
     ) -> Served:
         client_id = check_client_id(client_id)
         user_features = parse_features(features)
-        bundle = self.bundle()
-        node, experiment = self._target(strategy)
+        node, experiment, bundle = self._target(strategy)
         started = time.perf_counter()
         pre = self.preprocess(data, self.max_pixels)
         assert strategy is not None
@@ -352,22 +353,46 @@ class PredictionService:
         """Classify a batch with one model name (a member too), one forward per serving arm.
 
         ``images`` are encoded files (the upload preprocessing applies, as on predict) or a
-        ``(N, 28, 28) uint8`` array used as is. Each image is routed (for an experiment) and
-        recorded like a single prediction; its latency is its share of the batch's time.
+        ``(N, 28, 28) uint8`` array used as is. Each image is routed (for an experiment),
+        scored for abstention and recorded like a single prediction; its latency is its share
+        of the batch's time. A failed batch counts in the error metrics once per image.
         """
+        try:
+            return self._predict_batch(images, name, client_id, features)
+        except Exception as exc:
+            count = len(images) if 0 < len(images) <= MAX_BATCH else 1
+            self.metrics.failed(self._model_label(name), exc, images=count)
+            raise
+
+    def _model_label(self, name: str) -> str | None:
+        """``name`` if it names a servable model or experiment (a bounded metric label)."""
+        try:
+            snap = self.engine.snapshot()
+        except Exception:
+            return None
+        return name if name in snap.nodes or name in snap.experiments else None
+
+    def _predict_batch(
+        self,
+        images: Sequence[bytes] | np.ndarray,
+        name: str,
+        client_id: str | None,
+        features: Mapping[str, Any] | str | None,
+    ) -> BatchServed:
         if not 0 < len(images) <= MAX_BATCH:
             raise InvalidRequest(f"A batch holds 1 to {MAX_BATCH} images, not {len(images)}.")
         client_id = check_client_id(client_id)
         user_features = parse_features(features)
-        bundle = self.bundle()
-        node, experiment = self._target(name, members=True)
+        node, experiment, bundle = self._target(name, members=True)
         started = time.perf_counter()
         if isinstance(images, np.ndarray):
             files = [canvas.tobytes() for canvas in images]
             pres = [Preprocessed(canvas=canvas, features=raw_features(canvas)) for canvas in images]
+            uploads: list[bytes | None] = [None] * len(files)  # pixels: no file to measure
         else:
             files = list(images)
             pres = [self._preprocess_nth(index, data) for index, data in enumerate(files)]
+            uploads = list(files)
         arms: dict[str, tuple[Node, list[int]]] = {}
         routes: list[Route | None] = []
         rows: list[dict[str, Any]] = []
@@ -389,6 +414,13 @@ class PredictionService:
             except Exception:
                 self._abort_batch(rows, set(indices), served_by.name, started)
                 raise
+            assessments = assess_batch(
+                bundle.abstainer,
+                result,
+                [pres[i].features for i in indices],
+                [pres[i].canvas for i in indices],
+                [uploads[i] for i in indices],
+            )
             for j, i in enumerate(indices):
                 inputs[i] = x[j : j + 1]
                 bodies[i] = prediction_body(
@@ -399,6 +431,7 @@ class PredictionService:
                     version=bundle.version,
                     latency_ms=0.0,
                     row=j,
+                    assessment=assessments[j],
                 )
         share = _milliseconds(started) / len(files)
         for row, body in zip(rows, bodies, strict=True):

@@ -15,6 +15,15 @@ correction replaces the effective verdict and is recorded with who and when; one
 counted verdicts per experiment are capped.
 """
 
+from store.browse import (
+    Cursor,
+    ListedPrediction,
+    PredictionFilter,
+    PredictionPage,
+    export_predictions,
+    list_predictions,
+    stored_names,
+)
 from store.db import Store, open_store, ping
 from store.definitions import (
     create_definition,
@@ -47,6 +56,7 @@ from store.models import (
     ExperimentRow,
     Feedback,
     FeedbackEvent,
+    ModelActivation,
     Prediction,
 )
 from store.monitoring import recent_window
@@ -71,8 +81,19 @@ from store.queries import (
 )
 from store.rollups import arm_scopes, series, srm_units
 from store.units import unit_outcomes, unit_scopes, unit_series
+from store.versions import activations, active_activation, record_activation
 
 __all__ = [
+    "Cursor",
+    "ListedPrediction",
+    "PredictionFilter",
+    "PredictionPage",
+    "export_predictions",
+    "list_predictions",
+    "stored_names",
+    "active_activation",
+    "activations",
+    "record_activation",
     "recent_window",
     "Base",
     "ConcurrentChangeError",
@@ -83,6 +104,7 @@ __all__ = [
     "Feedback",
     "FeedbackEvent",
     "FeedbackLimitReached",
+    "ModelActivation",
     "NameTakenError",
     "Prediction",
     "Store",

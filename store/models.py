@@ -84,6 +84,10 @@ class Prediction(Base):
     __tablename__ = "predictions"
     __table_args__ = (
         Index("ix_predictions_strategy_arm", "strategy", "arm"),
+        # The admin's list of predictions (``store.browse``), filtered by requested strategy or
+        # by serving arm, newest first: a page is a short range of one of these (migration 0009).
+        Index("ix_predictions_strategy_created_at", "strategy", "created_at", "id"),
+        Index("ix_predictions_arm_created_at", "arm", "created_at", "id"),
         # Also the index for ``experiment`` alone (its leading column): results read by it.
         Index("ix_predictions_experiment_arm_created_at", "experiment", "arm", "created_at"),
         # The bounded latency windows behind p50/p95, read from the index alone (successful
@@ -303,6 +307,21 @@ class AuthFailure(Base):
     #: The client's address (behind the proxy: the one it forwarded).
     client: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class ModelActivation(Base):
+    """One activation of a model version: the newest row is the version every worker serves."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    #: The version served before (None: the first activation recorded).
+    previous: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Created ensembles and experiments paused because the version lacks models they name.
+    paused: Mapped[list[str] | None] = mapped_column(NullableJSON)
 
 
 class IdempotentAnswer(Base):

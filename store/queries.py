@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     and_,
     case,
     func,
+    insert,
     or_,
     select,
     text,
@@ -49,14 +51,33 @@ def add_prediction(session: Session, **fields: Any) -> Prediction:
     """
     row = Prediction(**fields)
     session.add(row)
+    _commit_with_rollups(session, fields, session.flush)
+    return row
+
+
+def record_prediction(session: Session, **fields: Any) -> None:
+    """``add_prediction`` for the request path: the same row, roll-ups and commit, the row
+    inserted by one Core ``INSERT`` (the ORM's unit of work cost more than the rest of the
+    write) and no object returned."""
+    connection = session.connection()
+    _commit_with_rollups(session, fields, lambda: connection.execute(_INSERT_PREDICTION, fields))
+
+
+#: Built once: building the statement per request is part of what Core saves.
+_INSERT_PREDICTION = insert(Prediction.__table__)
+
+
+def _commit_with_rollups(
+    session: Session, fields: dict[str, Any], write: Callable[[], object]
+) -> None:
+    """Run ``write`` (the row's insert), then its roll-ups, and commit; roll back on failure."""
     try:
-        session.flush()
+        write()
         rollups.record_predictions(session, [fields])
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return row
 
 
 def get_prediction(session: Session, prediction_id: str) -> Prediction | None:

@@ -32,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Table, bindparam, func, literal, select
+from sqlalchemy import BigInteger, Connection, Table, bindparam, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -83,6 +83,13 @@ def _dialect(session: Session) -> Any:
     return postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
 
 
+def _counters(session: Session) -> Connection:
+    """The session's connection, for the counter statements: they read only counter tables
+    (and ``experiments``), never a pending ORM object, so the session's autoflush and ORM
+    execution layer, a quarter of each statement's cost on the request path, are skipped."""
+    return session.connection()
+
+
 def _insert(session: Session, table: Table) -> Any:
     return _dialect(session).insert(table)
 
@@ -125,7 +132,7 @@ def _add(
     """Upsert: make the row with ``deltas`` or add them to it; the new values of ``returning``."""
     counters = tuple(sorted(deltas))
     statement = _upsert(_dialect(session), table, tuple(key), counters, tuple(returning))
-    result = session.execute(statement, {**key, **deltas})
+    result = _counters(session).execute(statement, {**key, **deltas})
     return result.one() if returning else None
 
 
@@ -179,7 +186,7 @@ def _apply_units(
     if not params:
         return
     statement = _upsert(_dialect(session), rollup_units, key, columns, (*key, *columns))
-    for new in session.execute(statement, params):
+    for new in _counters(session).execute(statement, params):
         deltas = units[(new.experiment, new.arm, new.unit)]
         sums = arms[(new.experiment, new.arm)]
         for scope in ROLLUP_SCOPES:
@@ -203,10 +210,14 @@ def _anonymous(counts: Counts) -> Counts:
     }
 
 
+#: Built once: building (and keying) this select per request cost more than running it.
+_SHARE_EPOCH = select(ExperimentRow.__table__.c.share_epoch).where(
+    ExperimentRow.__table__.c.name == bindparam("experiment")
+)
+
+
 def _share_epoch(session: Session, experiment: str) -> int:
-    epoch = session.scalar(
-        select(ExperimentRow.share_epoch).where(ExperimentRow.name == experiment)
-    )
+    epoch = _counters(session).scalar(_SHARE_EPOCH, {"experiment": experiment})
     return int(epoch or 0)
 
 
@@ -227,7 +238,9 @@ def _apply_epochs(
         units = sorted(clients.get((experiment, arm), ()))
         if units:
             statement = _new_epoch_units(_dialect(session))
-            inserted = session.execute(statement, [{**key, "unit": unit} for unit in units])
+            inserted = _counters(session).execute(
+                statement, [{**key, "unit": unit} for unit in units]
+            )
             new_clients = len(inserted.all())
         deltas = {**counts, "clients": new_clients}
         _add(session, rollup_epoch_arms, key, _nonzero(deltas) or deltas)
@@ -258,7 +271,7 @@ def _labels_added(session: Session, added: Mapping[str, int]) -> None:
         if count <= 0:
             continue
         total = int(
-            session.scalar(
+            _counters(session).scalar(
                 select(func.coalesce(func.sum(rollup_arms.c.all_labelled), 0)).where(
                     rollup_arms.c.experiment == experiment
                 )
@@ -274,7 +287,7 @@ def _labels_added(session: Session, added: Mapping[str, int]) -> None:
             rollup_arms.c.arm,
             *(rollup_arms.c[f] for f in fields),
         ).where(rollup_arms.c.experiment == experiment)
-        session.execute(
+        _counters(session).execute(
             _insert(session, rollup_checkpoints)
             .from_select(["experiment", "labelled", "arm", *fields], rows)
             .on_conflict_do_nothing()

@@ -200,9 +200,10 @@ def test_admin_pages_show_the_same_numbers(client, admin_headers, known_records)
     assert "bagging: 100.0% after 1 label</title>" in html
     assert "bagging: 70.0% after 10 labels</title>" in html
     overview = client.get("/admin", headers=admin_headers).get_data(as_text=True)
-    assert overview.count("<tr>") >= 27  # recent predictions
-    assert '<td class="num">120.0 ms</td>' in overview  # a recent prediction's latency
-    assert "<td><code>test</code></td>" in overview  # and its model version
+    recent = overview.split('id="recent"')[1]
+    assert recent.count('<tr role="row" data-prediction=') == 10  # the newest ten predictions
+    assert 'data-label="Latency" class="num">40.0 ms</td>' in recent  # a recent one's latency
+    assert '<code class="name">test</code>' in recent  # and its model version
     assert "80.0%" in overview  # stacking's direct accuracy (4/5)
 
 
@@ -222,6 +223,24 @@ def test_mde_changes_samples_needed(client, admin_headers, known_records):
         return client.get(url, headers=admin_headers).get_json()["samples_needed_per_arm"]
 
     assert needed(0.01) > needed(0.05) > needed(0.2)
+
+
+def test_the_page_takes_and_shows_the_difference_in_percentage_points(
+    client, admin_headers, known_records
+):
+    api = client.get("/api/v1/experiments/ab/results?mde=0.05", headers=admin_headers)
+    page = client.get(AB_PAGE + "?mde_pp=5", headers=admin_headers)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "(percentage points)" in html
+    assert 'name="mde_pp" step="0.1" type="number" value="5"' in html
+    needed = api.get_json()["comparisons"]["boosting"]["samples_needed_per_arm"]
+    assert f"<strong>{needed}</strong> more labelled predictions" in html
+    assert (
+        "difference of 5.0 percentage points" in html
+        and "5.0%" not in html.split("How much")[1][:600]
+    )
+    for bad in ("0.05", "60", "x"):
+        assert client.get(f"{AB_PAGE}?mde_pp={bad}", headers=admin_headers).status_code == 400
 
 
 def test_p_value_is_null_while_an_arm_has_no_labels(app, client, admin_headers):

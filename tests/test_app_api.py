@@ -222,7 +222,7 @@ def test_database_outage_is_a_503_not_a_500(client, upload, monkeypatch):
     def locked(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr("store.add_prediction", locked)
+    monkeypatch.setattr("serving.recorder.record_prediction", locked)
     response = predict(client, upload)
     assert response.status_code == 503
     error = response.get_json()["error"]

@@ -28,12 +28,12 @@ def prediction_id(html: str) -> str:
 
 
 @pytest.mark.parametrize("path", ["/", "/bagging", "/boosting", "/stacking", "/ab"])
-def test_upload_pages_render(client, path):
+def test_upload_pages_render(client, app_bundle, path):
     response = client.get(path)
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     assert 'enctype="multipart/form-data"' in html
-    assert html.count('name="sample"') == len(gallery()) == 12
+    assert html.count('name="sample"') == len(gallery(app_bundle).samples) == 12
     assert "image-rendering" not in html  # pixelated look comes from the stylesheet
     # The only script is the vendored progressive enhancement, from our own origin.
     assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/chorus.js" defer>']
@@ -86,7 +86,7 @@ def test_home_form_dispatches_to_the_chosen_strategy(client, upload):
 
 
 def test_sample_button_classifies_a_known_test_image(client, app_bundle):
-    sample = gallery()[0]
+    sample = gallery(app_bundle).samples[0]
     response = client.post(
         "/predict",
         data={"sample": str(sample.index), "strategy": "stacking"},
@@ -384,14 +384,14 @@ def selected_options(html: str) -> list[str]:
     return re.findall(r"<option[^>]*\bselected\b[^>]*>([^<]*)</option>", select)
 
 
-def test_feedback_select_starts_on_a_placeholder(app, client, upload):
+def test_feedback_select_starts_on_a_placeholder(app, client, upload, app_bundle):
     """Pressing "No, it was:" untouched must not name the predicted class."""
     result = client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
         as_text=True
     )
     sample = client.post(
         "/predict",
-        data={"sample": str(gallery()[0].index), "strategy": "boosting"},
+        data={"sample": str(gallery(app_bundle).samples[0].index), "strategy": "boosting"},
         follow_redirects=True,
     ).get_data(as_text=True)
     pid = prediction_id(result)

@@ -3,6 +3,7 @@ the metrics folder gunicorn.conf.py makes, and the shipped Prometheus config and
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -122,6 +123,25 @@ def test_each_image_of_an_inference_protocol_batch_counts_as_a_prediction(client
     assert value(families, "ensemble_predictions_total", strategy="ab", status="ok") == 3
     routed = sum(s.value for s in families["ensemble_routing_decisions"].samples)
     assert routed == 3
+
+
+def test_a_failed_inference_protocol_batch_counts_each_image(client, image_png, break_ensemble):
+    """Without the fix a failed V2 batch left both error series at zero."""
+    break_ensemble("bagging")
+    pixels = {"name": "image", "datatype": "UINT8", "shape": [4, 28, 28], "data": [0] * 4 * 784}
+    assert client.post("/v2/models/bagging/infer", json={"inputs": [pixels]}).status_code == 503
+    files = [base64.b64encode(data).decode() for data in (image_png, b"junk", image_png)]
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [3], "data": files}
+    assert client.post("/v2/models/boosting-1/infer", json={"inputs": [tensor]}).status_code == 400
+
+    families, _ = scrape(client)
+
+    predictions, errors = "ensemble_predictions_total", "ensemble_prediction_errors_total"
+    assert value(families, predictions, strategy="bagging", status="unavailable") == 4
+    assert value(families, errors, strategy="bagging", error="Unavailable") == 4
+    assert value(families, predictions, strategy="boosting-1", status="rejected") == 3
+    assert value(families, errors, strategy="boosting-1", error="NotAnImageError") == 3
+    assert "once per image" in families["ensemble_predictions"].documentation
 
 
 def test_dropped_members_fallbacks_and_failures_are_counted(

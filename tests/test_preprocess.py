@@ -525,3 +525,33 @@ def test_max_pixels_is_a_parameter() -> None:
 )
 def test_errors_carry_http_status_hints(error: type[PreprocessError], status: int) -> None:
     assert issubclass(error, PreprocessError) and error.status_code == status
+
+
+def test_the_background_median_is_numpys_bit_for_bit() -> None:
+    """``_median`` replaces np.median on the request path: same value on odd and even sizes,
+    ties, both float precisions, and NaN."""
+    import math
+
+    from models.preprocess import _median
+
+    rng = np.random.default_rng(7)
+    for trial in range(3000):
+        size = int(rng.integers(1, 200))
+        dtype = np.float32 if trial % 3 else np.float64
+        values = (rng.integers(0, 30, size) + rng.random(size) * (trial % 2)).astype(dtype) * 6.37
+        if trial % 40 == 0:
+            values[rng.integers(0, size)] = np.nan
+        want, got = float(np.median(values)), _median(values)
+        assert got == want or (math.isnan(got) and math.isnan(want)), (size, dtype)
+
+
+def test_to_tensor_of_every_byte_is_the_float_normalisation() -> None:
+    """The lookup table gives exactly what dividing and normalising each value gives."""
+    import torch
+
+    from models.tensor import normalise_, to_tensor
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    by_ops = normalise_(torch.from_numpy(pixels.astype(np.float32)).div_(255.0)).unsqueeze(1)
+    assert torch.equal(to_tensor(pixels), by_ops)
+    assert torch.equal(to_tensor(pixels.astype(np.float32)), by_ops)  # other dtypes: the ops

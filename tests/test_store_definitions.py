@@ -479,6 +479,46 @@ def test_add_prediction_stores_the_routing_columns(session):
     assert store.shadows_of(session, shadow.id) == []
 
 
+def test_record_prediction_stores_what_add_prediction_stores(session):
+    """The request path's Core insert: every column as the ORM writes it (defaults included),
+    the same roll-ups, committed."""
+    from sqlalchemy import inspect as sa_inspect
+
+    from store.queries import record_prediction
+
+    fields = {
+        "strategy": "ab",
+        "experiment": "ab",
+        "arm": "bagging",
+        "label": "x",
+        "class_index": 1,
+        "confidence": 0.5,
+        "probabilities": {"x": 0.5, "y": 0.5},
+        "members": [{"name": "bagging-0", "label": "x", "weight": 1.0}],
+        "fallback": None,
+        "latency_ms": 10.0,
+        "model_version": "v1",
+        "client_hash": "c" * 64,
+        "image_sha256": "0" * 64,
+        "route_reason": "sticky",
+        "features": {"width": 28},
+        "canvas": bytes(range(28)) * 28,
+        "uncertainty": 0.25,
+    }
+    orm = store.add_prediction(session, id="a" * 32, **fields)
+    record_prediction(session, id="b" * 32, **fields)
+    session.rollback()  # nothing pending: both were committed
+    session.expire_all()
+    columns = [c.key for c in sa_inspect(store.Prediction).columns if c.key != "id"]
+    a, b = (store.get_prediction(session, i) for i in ("a" * 32, "b" * 32))
+    assert orm.id == a.id
+    differ = [c for c in columns if getattr(a, c) != getattr(b, c) and c != "created_at"]
+    assert differ == []
+    assert (b.degraded, b.abstained, b.created_at.tzinfo is not None) == ([], False, True)
+    outcomes = store.arm_outcomes(session, "ab")
+    assert outcomes["bagging"]["requests"] == 2
+
+
 def test_shadow_runs_are_not_served_requests(session):
     served = _predict(session, 0, "bagging", strategy="ab", experiment="ab")
     _predict(session, 1, "boosting", strategy="ab", experiment="ab", shadow_of=served.id)

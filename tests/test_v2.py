@@ -7,15 +7,18 @@ and every bad input a 4xx with ``{"error": ...}``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import struct
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import select
 
 import store
+from ensembles.uncertainty import FEATURES, Abstainer
 from experiments.assignment import hash_client_id
 from models.preprocess import to_uint8_canvas
 from models.tensor import to_tensor
@@ -101,7 +104,7 @@ def split_binary(response) -> tuple[dict, dict[str, np.ndarray | list[bytes]]]:
                 at += 4 + n
             arrays[output["name"]] = items
         else:
-            dtype = {"FP32": "<f4", "INT64": "<i8"}[output["datatype"]]
+            dtype = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}[output["datatype"]]
             arrays[output["name"]] = np.frombuffer(blob, dtype=dtype).reshape(output["shape"])
     assert offset == len(response.data)
     return header, arrays
@@ -151,6 +154,8 @@ def test_every_builtin_model_has_metadata_and_is_ready(client, subtests):
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
                 {"name": "class_index", "datatype": "INT64", "shape": [-1]},
                 {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                {"name": "abstained", "datatype": "BOOL", "shape": [-1]},
+                {"name": "uncertainty", "datatype": "FP32", "shape": [-1]},
             ]
             assert client.get(f"/v2/models/{name}/ready").get_json() == {
                 "name": name,
@@ -236,7 +241,11 @@ def test_uint8_json_is_answered_in_one_forward_without_preprocessing(client, app
         "probabilities": ("FP32", [64, 10]),
         "class_index": ("INT64", [64]),
         "label": ("BYTES", [64]),
+        "abstained": ("BOOL", [64]),
+        "uncertainty": ("FP32", [64]),
     }
+    # The fake artifact has no fitted abstention: nothing abstains, nothing is scored.
+    assert out["abstained"] == [False] * 64 and out["uncertainty"] == [None] * 64
 
 
 def test_nested_json_data_is_accepted(client):
@@ -329,6 +338,80 @@ def test_requested_outputs_and_binary_per_output(client):
     assert [o["name"] for o in client.post(INFER.format("bagging"), json=only).json["outputs"]] == [
         "probabilities"
     ]
+
+
+def abstainer_on(bundle, threshold: float = 0.5) -> Abstainer:
+    """Give the fake artifact a combiner (it has none) weighing how sure the answer is and how
+    the input looks, as the fitted one does; returns it."""
+    coef = np.zeros(len(FEATURES))
+    for name, weight in (("confidence_logit", -0.4), ("entropy", 2.0), ("ink", 3.0)):
+        coef[FEATURES.index(name)] = weight
+    bundle.abstainer = Abstainer(
+        np.zeros(len(FEATURES)), np.ones(len(FEATURES)), coef, -1.0, threshold
+    )
+    return bundle.abstainer
+
+
+def test_a_batch_is_scored_for_abstention_like_single_predictions(app, client, app_bundle, upload):
+    """Without the fix V2 answered no abstention and stored none: every row had null."""
+    abstainer = abstainer_on(app_bundle)
+    files = [png(c) for c in canvases(8, seed=11)]
+    v1 = {
+        name: [
+            client.post("/api/v1/predict", data={"image": upload(f), "strategy": name}).get_json()
+            for f in files
+        ]
+        for name in ("stacking", "bagging", "boosting")
+    }
+    want = [a["uncertainty"] for a in v1["stacking"]]
+    scores = sorted(want)
+    assert len(set(scores)) == len(files), scores  # the images differ in how unsure they are
+    threshold = (scores[3] + scores[4]) / 2  # half of them abstain
+    app_bundle.abstainer = dataclasses.replace(abstainer, threshold=threshold)
+
+    as_json = client.post(INFER.format("stacking"), json=files_json(files)).get_json()
+    out = outputs_of(as_json)
+    np.testing.assert_allclose(out["uncertainty"], want, rtol=0, atol=1e-6)
+    assert out["abstained"] == [u >= threshold for u in want]
+    assert sum(out["abstained"]) == len(files) // 2
+    raw, headers = binary_body(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [len(files)],
+                    "parameters": {"binary_data_size": len(bytes_elements(files))},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        },
+        bytes_elements(files),
+    )
+    header, arrays = split_binary(client.post(INFER.format("stacking"), data=raw, headers=headers))
+    assert (
+        arrays["abstained"].dtype == np.bool_ and arrays["abstained"].tolist() == out["abstained"]
+    )
+    assert arrays["uncertainty"].dtype == np.float32
+    np.testing.assert_allclose(arrays["uncertainty"], want, rtol=0, atol=1e-6)
+
+    # An experiment's batch is split over its arms: each image scored by the arm that served it.
+    routed = client.post(INFER.format("ab"), json=files_json(files)).get_json()
+    arms = routed["parameters"]["arms"]
+    expected = [v1[arm][i]["uncertainty"] for i, arm in enumerate(arms)]
+    np.testing.assert_allclose(outputs_of(routed)["uncertainty"], expected, rtol=0, atol=1e-6)
+    assert outputs_of(routed)["abstained"] == [u >= threshold for u in expected]
+
+    pixels = uint8_json(canvases(4, seed=12))  # pixels sent as is are scored too
+    pixel_out = outputs_of(client.post(INFER.format("bagging-2"), json=pixels).get_json())
+    assert all(isinstance(u, float) and 0.0 <= u <= 1.0 for u in pixel_out["uncertainty"])
+
+    ids = as_json["parameters"]["prediction_ids"] + header["parameters"]["prediction_ids"]
+    ids += routed["parameters"]["prediction_ids"]
+    with app.app_context():
+        rows = [store.get_prediction(store.get_session(), i) for i in ids]
+    assert [r.uncertainty for r in rows] == pytest.approx(want * 2 + expected, abs=1e-6)
+    assert [r.abstained for r in rows] == out["abstained"] * 2 + outputs_of(routed)["abstained"]
 
 
 def test_batch_limit(client, app_bundle):

@@ -2,8 +2,9 @@
 
 One real server (``make serve``'s gunicorn, the shipped artifact) on a free port of 127.0.0.1.
 In JSON and in binary mode, files sent as ``BYTES`` and their preprocessed canvases sent as
-``UINT8`` must get the answers ``POST /api/v1/predict`` gives for the same files, and each
-image must be recorded once.
+``UINT8`` must get the answers ``POST /api/v1/predict`` gives for the same files (files: its
+abstention and uncertainty too; canvases carry no upload to measure, so theirs are only scored),
+and each image must be recorded once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from models.preprocess import to_uint8_canvas
 
 pytestmark = pytest.mark.slow
 IMAGES = 6
-OUTPUTS = ("probabilities", "class_index", "label")
+OUTPUTS = ("probabilities", "class_index", "label", "abstained", "uncertainty")
 ENSEMBLES = ("bagging", "stacking", "cascade")
 
 
@@ -87,13 +88,23 @@ def _labels(result: triton.InferResult) -> list[str]:
     return [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("label")]
 
 
-def _assert_same_as_v1(result: triton.InferResult, expected: list[dict]) -> None:
+def _assert_same_as_v1(
+    result: triton.InferResult, expected: list[dict], same_input: bool = True
+) -> None:
     probabilities = result.as_numpy("probabilities")
     assert probabilities.dtype == np.float32 and probabilities.shape == (len(expected), 10)
     want = np.array([list(answer["probabilities"].values()) for answer in expected])
     np.testing.assert_allclose(probabilities, want, rtol=0, atol=1e-6)
     assert result.as_numpy("class_index").tolist() == [a["class_index"] for a in expected]
     assert _labels(result) == [a["label"] for a in expected]
+    abstained, uncertainty = result.as_numpy("abstained"), result.as_numpy("uncertainty")
+    assert abstained.dtype == np.bool_ and abstained.shape == (len(expected),)
+    assert uncertainty.dtype == np.float32 and uncertainty.shape == (len(expected),)
+    assert np.all((uncertainty >= 0) & (uncertainty <= 1)), uncertainty  # scored: no NaN
+    if same_input:
+        assert abstained.tolist() == [a["abstained"] for a in expected]
+        want = [a["uncertainty"] for a in expected]
+        np.testing.assert_allclose(uncertainty, want, rtol=0, atol=1e-6)
 
 
 def test_health_and_metadata_through_the_client(
@@ -139,7 +150,7 @@ def test_uint8_canvases_get_the_answers_of_the_v1_api(
     canvases = np.stack([to_uint8_canvas(data) for data in files])
     for name in ENSEMBLES:
         result = _infer(triton_client, name, canvases, "UINT8", binary)
-        _assert_same_as_v1(result, v1_answers[name])
+        _assert_same_as_v1(result, v1_answers[name], same_input=False)
 
 
 def test_an_experiment_routes_and_records_every_image(

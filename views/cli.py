@@ -1,9 +1,10 @@
 """CLI commands (microblog's shape: commands as a blueprint): ``flask simulate``.
 
-``simulate`` sends labelled Fashion-MNIST test images through an experiment (``ab`` by default)
-with the same ``PredictionService`` the API uses, in-process, each 28x28 image encoded as PNG so
-preprocessing runs for real, then gives the true label as feedback; the console then shows real
-numbers.
+``simulate`` sends labelled held-out images of the served version (Fashion-MNIST's test split
+for a Fashion-MNIST version, else the version's stored gallery) through an experiment (``ab`` by
+default) with the same ``PredictionService`` the API uses, in-process, each 28x28 image encoded as
+PNG so preprocessing runs for real, then gives the true label as feedback; the console then shows
+real numbers.
 """
 
 from __future__ import annotations
@@ -55,15 +56,22 @@ bp = Blueprint("cli", __name__, cli_group=None)
 )
 def simulate_command(n: int, seed: int, client_ids: int, strategy: str) -> None:
     """Send N labelled test images through an experiment and give the true label as feedback."""
-    split = samples.test_split()
-    if split is None:
-        raise click.ClickException(
-            "Fashion-MNIST test images not found; set FASHION_MNIST_DIR or install the Debian "
-            "package dataset-fashion-mnist."
-        )
     prediction = services().prediction
     try:
-        prediction.bundle()
+        bundle = prediction.bundle()
+        split = samples.simulation_set(bundle)
+        if split is None and bundle.fashion_mnist:
+            raise click.ClickException(
+                "Fashion-MNIST test images not found; set FASHION_MNIST_DIR or install the "
+                "Debian package dataset-fashion-mnist."
+            )
+        if split is None:
+            raise click.ClickException(
+                f"Model version {bundle.version} stores no labelled sample images; retrain it "
+                "with python -m ensembles.train (new versions store a few per class)."
+            )
+        if len(split) < n:
+            log.info("simulate: %d requests over %d distinct images", n, len(split))
         if strategy not in prediction.strategies():
             raise click.ClickException(
                 f"Unknown strategy {strategy!r}; choose one of {', '.join(prediction.strategies())}"
@@ -80,7 +88,7 @@ def simulate_command(n: int, seed: int, client_ids: int, strategy: str) -> None:
     service_log.setLevel(logging.WARNING)  # one line per prediction would drown the bar
     try:
         for i in tqdm(range(n), desc="simulate", unit="img"):
-            png, label = samples.sample_png(int(indices[i]))
+            png, label = split.png(int(indices[i]))
             client = f"sim-{seed}-{clients[i]}" if clients is not None else None
             try:
                 answer = prediction.predict(png, strategy, client_id=client)

@@ -41,6 +41,7 @@ from serving.errors import (
     ServingError,
     TooManyRequests,
     Unavailable,
+    Unprocessable,
 )
 from store.errors import ConcurrentChangeError, DefinitionNotFound, NameTakenError, StoreError
 from store.feedback import FeedbackLimitReached
@@ -58,6 +59,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (Conflict, 409),
     (NameTakenError, 409),
     (ConcurrentChangeError, 409),
+    (Unprocessable, 422),
     (TooManyRequests, 429),
     (FeedbackLimitReached, 429),
     (Unavailable, 503),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import PurePath
 from typing import Any
 
 from flask import Flask, url_for
 
+from ensembles.bundle import EnsembleBundle
 from serving.reports import format_p
 from views.charts import points_text
 from views.context import services
@@ -104,12 +106,27 @@ def _navigation() -> list[dict[str, str]]:
     return links + [{"url": url_for("admin.index"), "label": "Admin"}]
 
 
-def _globals() -> dict[str, Any]:
-    bundle = services().models.bundle
+def _trained_on(bundle: EnsembleBundle | None) -> str:
+    """The data a version learned from, as pages name it: Fashion-MNIST or the folder's name."""
+    if bundle is None or bundle.fashion_mnist:
+        return "Fashion-MNIST"
+    source = (bundle.manifest.get("data") or {}).get("source")
+    return PurePath(str(source)).name if source else "its own images"
+
+
+def model_context(bundle: EnsembleBundle | None) -> dict[str, Any]:
+    """What pages say about the served version: its name, classes and the data it learned
+    from (Fashion-MNIST's wording only for a Fashion-MNIST version)."""
     return {
         "model_version": bundle.version if bundle is not None else None,
-        "navigation": _navigation(),
+        "model_classes": bundle.classes if bundle is not None else (),
+        "fashion_mnist": bundle is None or bundle.fashion_mnist,
+        "trained_on": _trained_on(bundle),
     }
+
+
+def _globals() -> dict[str, Any]:
+    return {**model_context(services().models.bundle), "navigation": _navigation()}
 
 
 def init_app(app: Flask) -> None:

@@ -8,6 +8,7 @@ from ensembles.bundle import load_bundle
 from models.manifest import Manifest, ManifestError
 from models.registry import (
     BLEND_FILE,
+    DEFAULT_FILE,
     MANIFEST,
     MEMBERS_FILE,
     ArtifactError,
@@ -21,7 +22,12 @@ from models.registry import (
 def test_manifest_records_every_file_sha256(tiny_root):
     path = tiny_root / "tiny"
     manifest = json.loads((path / MANIFEST).read_text())
-    assert set(manifest["files"]) == {"members.safetensors", "meta.safetensors", BLEND_FILE}
+    assert set(manifest["files"]) == {
+        "members.safetensors",
+        "meta.safetensors",
+        BLEND_FILE,
+        "gallery.safetensors",
+    }
     for name, digest in manifest["files"].items():
         assert sha256_file(path / name) == digest
 
@@ -62,6 +68,12 @@ def test_newest_version_is_the_default(tiny_copy):
     (older / MANIFEST).write_text(json.dumps(manifest))
     assert list_versions(tiny_copy) == ["older", "tiny"]
     assert resolve_version(None, tiny_copy) == "tiny"
+    # A DEFAULT file names the repository's choice; a stale or hostile one is ignored.
+    (tiny_copy / DEFAULT_FILE).write_text("older\n")
+    assert resolve_version(None, tiny_copy) == "older"
+    for stale in ("gone", "../tiny", ""):
+        (tiny_copy / DEFAULT_FILE).write_text(stale)
+        assert resolve_version(None, tiny_copy) == "tiny"
 
 
 def test_empty_root_says_to_train(tmp_path):

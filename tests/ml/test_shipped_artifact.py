@@ -1,21 +1,35 @@
-"""The committed artifact loads, verifies its checksums and reproduces what training measured."""
+"""Every committed artifact version loads, verifies its checksums and reproduces what training
+measured; the repository ships two (a default and a smaller, faster one) to show a switch."""
 
 import numpy as np
 import pytest
 
 from ensembles.bundle import STRATEGIES, load_bundle
 from ensembles.evaluate import evaluate_ensembles
-from models.registry import BLEND_FILE, list_versions, load_artifact, sha256_file
+from models.registry import (
+    BLEND_FILE,
+    default_version,
+    list_versions,
+    load_artifact,
+    resolve_version,
+    sha256_file,
+)
 from models.tensor import to_tensor
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    return load_bundle()
+@pytest.fixture(scope="module", params=list_versions())
+def shipped(request):
+    return load_bundle(request.param)
 
 
-def test_exactly_one_artifact_version_is_committed():
-    assert len(list_versions()) == 1, "commit one artifact version; delete superseded ones"
+def test_two_versions_are_committed_and_the_default_is_named():
+    versions = list_versions()
+    assert len(versions) == 2, "ship the default and one smaller version; delete superseded ones"
+    default = default_version()
+    assert default in versions and resolve_version(None) == default
+    sizes = {v: load_artifact(v).manifest["cnn"]["stages"] for v in versions}
+    smaller = next(v for v in versions if v != default)
+    assert sum(sizes[smaller]) < sum(sizes[default]), sizes
 
 
 def test_shipped_files_match_their_manifest(shipped):

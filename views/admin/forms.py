@@ -33,6 +33,23 @@ class MdeForm(FlaskForm):
     )
 
 
+class MdePointsForm(FlaskForm):
+    """The experiment page's detectable difference, typed in percentage points as it is shown
+    ("2" means 2 points, 0.02 as a fraction); GET parameter, so no CSRF token."""
+
+    class Meta:
+        csrf = False
+
+    mde_pp = FloatField(
+        "Smallest difference to detect (percentage points)",
+        validators=[
+            Optional(),
+            _finite,
+            NumberRange(0.1, 50, "Enter a difference between 0.1 and 50 percentage points."),
+        ],
+    )
+
+
 class ExperimentForm(FlaskForm):
     """Create an experiment: name, router, arms with weights, and any router-specific fields."""
 

@@ -12,13 +12,14 @@ import store
 from experiments.spec import SpecError
 from serving.errors import ServingError
 from views.admin import bp
-from views.admin.forms import ActionForm, ExperimentForm, MdeForm
+from views.admin.forms import ActionForm, ExperimentForm, MdeForm, MdePointsForm
 from views.auth import admin_required
 from views.charts import accuracy_chart, interval_bars, lift_chart
 from views.context import actor, services
 from views.errors import message_of, status_of
 
-RECENT = 25
+#: Predictions the overview lists; the rest are on /admin/predictions.
+RECENT = 10
 
 
 @bp.get("")
@@ -33,7 +34,7 @@ def index() -> ResponseReturnValue:
         bars={e["name"]: interval_bars(e["comparisons"]) for e in overview},
         experiments=svc.definitions.list()["experiments"],
         stats=svc.reports.stats(svc.catalogue().names),
-        recent=store.recent_predictions(svc.db.sessions(), RECENT),
+        recent=store.list_predictions(svc.db.sessions(), limit=RECENT).rows,
         abstentions=store.abstentions_by_strategy(svc.db.sessions()),
         drift=svc.monitor.latest,
     )
@@ -115,15 +116,20 @@ def experiment(name: str) -> ResponseReturnValue:
     charts over labelled outcomes, the event history and, once decided, the frozen report."""
     svc = services()
     described = _experiment_or_abort(name)
-    mde_form = MdeForm(formdata=request.args)
+    # Typed in percentage points (mde_pp); ?mde= (a fraction, as the API takes) still works.
+    fraction, mde_form = MdeForm(formdata=request.args), MdePointsForm(formdata=request.args)
     status, mde = 200, None
-    if mde_form.validate():
-        mde = mde_form.mde.data if request.args.get("mde", "").strip() else None
+    if fraction.validate() and mde_form.validate():
+        if request.args.get("mde_pp", "").strip():
+            mde = mde_form.mde_pp.data / 100
+        elif request.args.get("mde", "").strip():
+            mde = fraction.mde.data
     else:
         status = 400
+        mde_form.mde_pp.errors = [*fraction.mde.errors, *mde_form.mde_pp.errors]
     results = svc.reports.results(name, mde)
-    if mde is None:
-        mde_form.mde.data = results["mde"]
+    if mde is None or not mde_form.mde_pp.data:
+        mde_form.mde_pp.data = round(results["mde"] * 100, 3)
     series = svc.reports.lift_series(name)
     report = svc.reports.report(name)
     html = render_template(

@@ -262,3 +262,22 @@ def monitoring() -> ResponseReturnValue:
     except ValueError as exc:
         raise InvalidRequest(str(exc), "window") from None
     return jsonify(services().monitor.report(window))
+
+
+# -- model versions ---------------------------------------------------------------------------
+@bp.get("/models")
+@admin_required
+def models() -> ResponseReturnValue:
+    """Installed versions with their manifest metrics, sizes and lineage; which is active."""
+    return jsonify(services().versions.catalogue())
+
+
+@bp.post("/models/<version>/activate")
+@admin_required
+def activate_model(version: str) -> ResponseReturnValue:
+    """Serve ``version`` in every worker within seconds (rollback: activate the previous one).
+
+    The body is optional; ``{"force": true}`` activates a version that lacks models created
+    ensembles or experiments use, pausing them."""
+    body = _json_body() if request.content_length or request.mimetype else {}
+    return jsonify(services().versions.activate(version, actor(), body.get("force", False)))

@@ -12,6 +12,7 @@ from wtforms import IntegerField, RadioField, SelectChoice, SelectField, SubmitF
 from wtforms.validators import Optional, ValidationError
 
 from views import samples
+from views.context import services
 
 #: File name extensions a browser may upload (the bytes are checked again when decoded).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
@@ -34,15 +35,15 @@ def _within_upload_limit(form: FlaskForm, field: FileField) -> None:
         )
 
 
-def _sample_exists(_form: FlaskForm, field: IntegerField) -> None:
-    """Only indices into the installed test split are accepted (never a path)."""
+def _sample_exists(form: UploadForm, field: IntegerField) -> None:
+    """Only indices into the served version's samples are accepted (never a path)."""
     if field.data is None:
         return
-    split = samples.test_split()
-    if split is None:
+    found = form.sample_set()
+    if found is None:
         raise ValidationError("Sample images are not available on this server; upload a file.")
-    if not 0 <= field.data < len(split):
-        raise ValidationError(f"Sample must be between 0 and {len(split) - 1}.")
+    if not 0 <= field.data < len(found):
+        raise ValidationError(f"Sample must be between 0 and {len(found) - 1}.")
 
 
 class UploadForm(FlaskForm):
@@ -70,10 +71,17 @@ class UploadForm(FlaskForm):
             return False
         return True
 
+    def sample_set(self) -> samples.SampleSet | None:
+        """The served version's samples, looked up once, so checking and reading agree."""
+        if not hasattr(self, "_samples"):
+            self._samples = samples.sample_set(services().models.bundle)
+        return self._samples
+
     def read_upload(self) -> tuple[bytes, int | None]:
         """The image bytes to classify and, for a gallery sample, its true class."""
-        if self.sample.data is not None:
-            return samples.sample_png(self.sample.data)
+        found = self.sample_set() if self.sample.data is not None else None
+        if found is not None:
+            return found.png(self.sample.data)
         return self.image.data.read(), None
 
 

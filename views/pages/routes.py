@@ -26,6 +26,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from models.data import FASHION_MNIST_CLASSES
 from models.preprocess import PreprocessError
 from serving.catalogue import Strategy
 from serving.errors import ServingError
@@ -36,6 +37,7 @@ from views.images import RecentThumbnails, canvas_uri, thumbnail_uri
 from views.pages.forms import ChooseUploadForm, FeedbackForm, UploadForm
 from views.pages.leading import leading_fields
 from views.pages.owned import owned, remember
+from views.templating import model_context
 
 #: Where the thumbnails of this process's recent uploads are kept (``app.extensions``).
 THUMBNAILS = "chorus.thumbnails"
@@ -99,6 +101,9 @@ def handle_upload(
     except (PreprocessError, ServingError) as exc:
         return refused(form, status_of(exc), str(exc))
     prediction_id = served.body["prediction_id"]
+    found = form.sample_set() if true_label is not None else None
+    if found is not None and found.classes != tuple(served.body["probabilities"]):
+        true_label = None  # another version, with other classes, answered the sample
     limit = current_app.config["MAX_IMAGE_PIXELS"]  # the upload was decoded once, in predict
     thumbnails().put(prediction_id, thumbnail_uri(data, limit, preview=served.preview))
     remember(prediction_id, came_from, true_label)
@@ -111,13 +116,16 @@ def handle_upload(
 def render_upload_page(
     template: str, form: UploadForm, status: int, error: str | None, **context: Any
 ) -> ResponseReturnValue:
-    """An upload page (home or a strategy) with its form, the gallery and why it was refused."""
+    """An upload page (home or a strategy) with its form, the served version's classes and
+    gallery (from one read of the bundle, so they agree) and why it was refused."""
+    bundle = services().models.bundle
     html = render_template(
         template,
         form=form,
         error=error,
-        gallery=samples.gallery(),
+        gallery=samples.gallery(bundle),
         max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
+        **model_context(bundle),
         **context,
     )
     return html, status
@@ -291,6 +299,7 @@ def render_prediction(
         thumbnail=thumbnails().get(prediction.id) if mine else None,
         canvas=canvas_uri(prediction.canvas),
         true_label=mine.true_label if mine else None,
+        fashion_mnist=classes == FASHION_MNIST_CLASSES,
         feedback_form=form,
         confirmation=get_flashed_messages(category_filter=[FEEDBACK_FLASH]),
         error=error,

@@ -73,7 +73,8 @@ def model_ready(name: str, version: str | None = None) -> ResponseReturnValue:
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> ResponseReturnValue:
-    """A batch of images (``UINT8 [N,28,28]`` or ``BYTES [N]``) -> probabilities, class, label."""
+    """A batch of images (``UINT8 [N,28,28]`` or ``BYTES [N]``) -> probabilities, class, label,
+    abstention and uncertainty."""
     _, _, active = _model(name, version)
     decoded = protocol.decode_request(
         request.get_data(cache=False),
