@@ -41,9 +41,11 @@ def _small_args(root: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def versions_source(tiny_refit_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny, tiny-refit and tiny-small (the newest) in one root."""
+    """tiny, tiny-refit and tiny-small (the newest) in one root, and nothing else (other
+    tests may have added versions to the shared tiny roots)."""
     root = tmp_path_factory.mktemp("versions") / "artifacts"
-    shutil.copytree(tiny_refit_root, root)
+    for version in ("tiny", "tiny-refit"):
+        shutil.copytree(tiny_refit_root / version, root / version)
     train(parse_args(_small_args(root)))
     return root
 
