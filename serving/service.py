@@ -269,10 +269,11 @@ class PredictionService:
             self.metrics.failed(self._known_strategy(strategy), exc)
             raise
 
-    def _known_strategy(self, strategy: str | None) -> str | None:
-        """``strategy`` if it names a servable model or experiment (a bounded metric label)."""
+    def _known_strategy(self, strategy: str | None, members: bool = False) -> str | None:
+        """``strategy`` if it names a servable model or experiment (a bounded metric label);
+        ``members``: a member's name counts too (V2 serves members)."""
         try:
-            self._target(strategy)
+            self._target(strategy, members=members)
         except Exception:
             return None
         return strategy
@@ -361,16 +362,8 @@ class PredictionService:
             return self._predict_batch(images, name, client_id, features)
         except Exception as exc:
             count = len(images) if 0 < len(images) <= MAX_BATCH else 1
-            self.metrics.failed(self._model_label(name), exc, images=count)
+            self.metrics.failed(self._known_strategy(name, members=True), exc, images=count)
             raise
-
-    def _model_label(self, name: str) -> str | None:
-        """``name`` if it names a servable model or experiment (a bounded metric label)."""
-        try:
-            snap = self.engine.snapshot()
-        except Exception:
-            return None
-        return name if name in snap.nodes or name in snap.experiments else None
 
     def _predict_batch(
         self,

@@ -173,7 +173,7 @@ class ModelVersions:
                     + '. Send {"force": true} to activate it anyway and pause them.'
                 )
             paused = self._pause_all(blocked, actor)
-            resumed = self._resume_undone(bundle, actor)
+            resumed = self._resume_undone(blocked, ensembles, experiments, actor)
             row = store.record_activation(
                 self.db.sessions(), version, previous, actor, paused=paused
             )
@@ -210,17 +210,16 @@ class ModelVersions:
                 paused.append(item.name)
         return paused
 
-    def _resume_undone(self, bundle: EnsembleBundle, actor: str) -> list[str]:
-        """Resume what the activation being replaced paused, where ``bundle`` serves it again."""
-        session = self.db.sessions()
-        last = store.active_activation(session)
+    def _resume_undone(
+        self, blocked: list[Blocked], ensembles: list[Any], experiments: list[Any], actor: str
+    ) -> list[str]:
+        """Resume what the activation being replaced paused, where the new version serves it
+        again (``blocked``: what it cannot serve; the rows as read before this activation's
+        pauses, which touched only blocked names)."""
+        last = store.active_activation(self.db.sessions())
         if last is None or not last.paused:
             return []
-        try:
-            ensembles, experiments = store.list_definitions(session)
-        finally:
-            session.rollback()
-        still = {b.name for b in blocked_by(bundle, ensembles, experiments)}
+        still = {b.name for b in blocked}
         rows: dict[str, tuple[str, str]] = {r.name: ("ensemble", r.status) for r in ensembles}
         rows.update({r.name: ("experiment", r.status) for r in experiments})
         resumed = []
