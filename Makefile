@@ -75,6 +75,7 @@ bench: deps dataset
 	$(PY) -m bench.load
 	$(PY) -m bench.cascade
 	$(PY) -m bench.request_path
+	$(PY) -m bench.throughput
 
 lint: dev-deps
 	$(VENV)/bin/ruff check .

@@ -163,6 +163,8 @@ class GunicornServer:
         self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile exports
         self.admin_password = self.env["ADMIN_PASSWORD"]
         self.process: subprocess.Popen[bytes] | None = None
+        #: Where the server runs from (another checkout for bench.throughput's first release).
+        self.cwd = ROOT
 
     def command(self) -> list[str]:
         """What to run (deploy/serve.py's front overrides it: tests/servers.py)."""
@@ -172,7 +174,7 @@ class GunicornServer:
         with open(self.log_path, "wb") as log_file:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 self.command(),
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -279,6 +281,23 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live process below it (Linux /proc): a server's master, workers, nginx."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
 def machine_cpu_seconds() -> float:
     """Busy CPU of the whole machine (Linux /proc/stat), to tell a run disturbed by other jobs."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -375,10 +394,14 @@ def run_load(
         return [sample for future in futures for sample in future.result()]
 
 
-def make_plans(images: Sequence[bytes], clients: int, requests: int) -> list[list[Job]]:
-    """``requests`` jobs dealt to ``clients``: the four strategies and /healthz in turn, each
-    client starting at a different point so every moment mixes all five."""
-    mix: tuple[str | None, ...] = (*STRATEGIES, None)
+def make_plans(
+    images: Sequence[bytes],
+    clients: int,
+    requests: int,
+    mix: Sequence[str | None] = (*STRATEGIES, None),
+) -> list[list[Job]]:
+    """``requests`` jobs dealt to ``clients``: the ``mix`` in turn (strategies; None is /healthz),
+    each client starting at a different point so every moment mixes them all."""
     plans: list[list[Job]] = [[] for _ in range(clients)]
     for n in range(requests):
         client = n % clients

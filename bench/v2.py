@@ -18,7 +18,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,12 @@ def binary_request(datatype: str, shape: list[int], blob: bytes) -> tuple[bytes,
     return header + blob, headers
 
 
+def png_batch_request(files: Sequence[bytes]) -> tuple[bytes, dict[str, str]]:
+    """One binary ``BYTES`` infer request of PNG files, each element prefixed by its length."""
+    elements = b"".join(struct.pack("<I", len(f)) + f for f in files)
+    return binary_request("BYTES", [len(files)], elements)
+
+
 def timed(send: Callable[[], None]) -> float:
     """Wall seconds of one call."""
     started = time.perf_counter()
@@ -70,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     files = fashion_mnist_pngs(args.batch)
     canvases = np.stack([to_uint8_canvas(data) for data in files])
-    elements = b"".join(struct.pack("<I", len(f)) + f for f in files)
-    as_files = binary_request("BYTES", [len(files)], elements)
+    as_files = png_batch_request(files)
     as_pixels = binary_request("UINT8", list(canvases.shape), canvases.tobytes())
     singles = [predict_job(data, args.strategy) for data in files]
     path = f"/v2/models/{args.strategy}/infer"
