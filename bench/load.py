@@ -256,6 +256,19 @@ class GunicornServer:
         """Which worker pid answered each request, by the X-Request-ID the client sent."""
         return {rid: int(pid) for pid, rid in _ACCESS_RID.findall(self.log_text())}
 
+    def workers_of(self, request_ids: Sequence[str], timeout: float = 5.0) -> dict[str, int]:
+        """Worker pid per request id, waiting for the access lines: a worker logs its line just
+        after the answer has left, so the client can read the answer before the line exists."""
+        deadline = time.monotonic() + timeout
+        found = self.pids_by_request_id()
+        while not set(request_ids) <= set(found) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            found = self.pids_by_request_id()
+        missing = set(request_ids) - set(found)
+        if missing:
+            raise AssertionError(f"{len(missing)} requests missing from the access log")
+        return {rid: found[rid] for rid in request_ids}
+
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (as lscpu shows it), so timings say what they were measured on."""

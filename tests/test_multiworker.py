@@ -61,18 +61,6 @@ def concurrently(
     return [answer for per_client in answers for answer in per_client]
 
 
-def worker_of(server: GunicornServer, request_ids: Sequence[str]) -> dict[str, int]:
-    """Worker pid per request id; a worker logs its access line just after answering."""
-    deadline = time.monotonic() + 5
-    found = server.pids_by_request_id()
-    while not set(request_ids) <= set(found) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        found = server.pids_by_request_id()
-    missing = set(request_ids) - set(found)
-    assert not missing, f"{len(missing)} requests missing from the access log"
-    return {rid: found[rid] for rid in request_ids}
-
-
 def per_process_counts(per_worker: Mapping[int, int], arms: Sequence[str]) -> Counter[str]:
     """What a counter kept in each worker would have served: each worker's own 0, 1, 2, ..."""
     counts: Counter[str] = Counter()
@@ -119,7 +107,7 @@ def test_round_robin_is_balanced_across_workers(
     recorded = results(server, name)["arms"]
     assert {arm: recorded[arm]["served"] for arm in arms} == served
     # Both processes took turns from that one counter.
-    pids = worker_of(server, [a.request_id for a in answers])
+    pids = server.workers_of([a.request_id for a in answers])
     per_worker = Counter(pids.values())
     assert set(per_worker) == set(server.worker_pids()) and len(per_worker) == WORKERS
     # A counter per process would have failed the balance check for this very split unless each
@@ -148,7 +136,7 @@ def test_weight_change_through_one_worker_reaches_the_other_within_a_second(
     # Warm both workers: each now holds a snapshot in which everything goes to bagging.
     warm = concurrently(server, image_png, name, 16, clients=4)
     assert {(a.status, a.arm) for a in warm} == {(200, "bagging")}
-    assert set(worker_of(server, [a.request_id for a in warm]).values()) == set(
+    assert set(server.workers_of([a.request_id for a in warm]).values()) == set(
         server.worker_pids()
     )
 
@@ -167,7 +155,7 @@ def test_weight_change_through_one_worker_reaches_the_other_within_a_second(
     answers = watch(server, image_png, name, until=patched + WATCH_S)
 
     assert answers and all(a.status == 200 for a in answers), [a.body for a in answers]
-    pids = worker_of(server, [patch_id, *(a.request_id for a in answers)])
+    pids = server.workers_of([patch_id, *(a.request_id for a in answers)])
     seen = [(a.started - patched, pids[a.request_id], a.arm) for a in answers]
     late = [(t, pid, arm) for t, pid, arm in seen if t > TTL_S + MARGIN_S]
     assert late, "no request started late enough to check"
@@ -219,7 +207,7 @@ def test_shadow_runs_are_stored_for_every_request_and_never_served(
     served = {arm: figures["served"] for arm, figures in body["arms"].items()}
     assert served.pop("bagging") == count and not any(served.values()), body["arms"]
     # Both workers served (and so ran shadows); pids from the access log.
-    pids = worker_of(server, [a.request_id for a in answers])
+    pids = server.workers_of([a.request_id for a in answers])
     assert set(pids.values()) == set(server.worker_pids())
 
 
@@ -264,7 +252,7 @@ def test_a_guardrail_rolls_back_in_every_worker_by_itself(
     time.sleep(TTL_S + MARGIN_S)
     later = watch(server, image_png, name, until=time.monotonic() + WATCH_S)
     assert later and {(a.status, a.arm) for a in later} == {(200, "bagging-0")}
-    pids = worker_of(server, [a.request_id for a in later])
+    pids = server.workers_of([a.request_id for a in later])
     assert set(pids.values()) == set(server.worker_pids()), "one worker saw no traffic"
     events = results(server, name)["events"]
     rollbacks = [e for e in events if e["kind"] == "rolled_back"]

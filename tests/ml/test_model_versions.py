@@ -329,8 +329,8 @@ def test_every_gunicorn_worker_switches_within_three_seconds_and_back(
             assert status == 200 and body["previous"] == was, body
             answers = watch(server, image_png, "bagging", activated + SWITCH_S + 1.5)
             assert all(a.status == 200 for a in answers)
-            pids = server.pids_by_request_id()
             late = [a for a in answers if a.started > activated + SWITCH_S]
+            pids = server.workers_of([a.request_id for a in late])
             assert {pids[a.request_id] for a in late} == workers, "a worker saw no late traffic"
             stale = [(a.started - activated, a.body["model_version"]) for a in late]
             assert all(v == version for _, v in stale), stale
