@@ -108,7 +108,6 @@ class Tally:
     server: GunicornServer
     samples: list[Sample] = field(default_factory=list)
     seconds: float = 0.0
-    server_cpu: float = 0.0
     client_cpu: float = 0.0
     other_cpu: float = 0.0
     answered: int = 0  # 200 predictions, warm-up included: what the database must hold
@@ -116,6 +115,11 @@ class Tally:
     per_round: list[float] = field(default_factory=list)
     #: Server CPU seconds by part: the gunicorn workers, nginx, and the rest (masters, launcher).
     parts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def server_cpu(self) -> float:
+        """CPU seconds of the whole process tree: the sum of its parts."""
+        return sum(self.parts.values())
 
     @property
     def per_s(self) -> float:
@@ -133,21 +137,19 @@ def measure_round(tally: Tally, images: Sequence[bytes], clients: int, requests:
     plans = make_plans(images, clients, requests, mix)
     assert tally.server.process is not None
     groups = server_parts(tally.server)
-    pids = [pid for group in groups.values() for pid in group]
     before = {part: cpu_seconds(group) for part, group in groups.items()}
-    server, client, machine = cpu_seconds(pids), own_cpu_seconds(), machine_cpu_seconds()
+    client, machine = own_cpu_seconds(), machine_cpu_seconds()
     samples = run_load(url, plans, time.time() + 600)
-    server = cpu_seconds(pids) - server
-    for part, group in groups.items():
-        tally.parts[part] = tally.parts.get(part, 0.0) + cpu_seconds(group) - before[part]
+    spent = {part: cpu_seconds(group) - before[part] for part, group in groups.items()}
     client = own_cpu_seconds() - client
     machine = machine_cpu_seconds() - machine
     seconds = elapsed(samples)
     tally.samples += samples
     tally.seconds += seconds
-    tally.server_cpu += server
+    for part, seconds_spent in spent.items():
+        tally.parts[part] = tally.parts.get(part, 0.0) + seconds_spent
     tally.client_cpu += client
-    tally.other_cpu += max(0.0, machine - server - client)
+    tally.other_cpu += max(0.0, machine - sum(spent.values()) - client)
     tally.answered += sum(s.status == 200 for s in [*warm, *samples])
     tally.per_round.append(len(samples) / seconds)
     log.info("%s: %.1f predictions/s", tally.name, len(samples) / seconds)

@@ -38,7 +38,7 @@ def test_a_predict_only_mix_sends_no_healthz_and_every_strategy_evenly():
 
 def tally(name: str, count: int, seconds: float, server_cpu: float, status: int = 200) -> Tally:
     samples = [Sample("bagging", status, 50.0, 0.0, 0.0, None, None) for _ in range(count)]
-    return Tally(name, None, samples, seconds, server_cpu, parts={"workers": server_cpu})  # type: ignore[arg-type]
+    return Tally(name, None, samples, seconds, parts={"workers": server_cpu})  # type: ignore[arg-type]
 
 
 FORWARD = {"bagging": 2.0, "boosting": 2.0, "stacking": 2.0, "ab": 2.0}
