@@ -20,7 +20,6 @@ from sqlalchemy import (
     and_,
     case,
     func,
-    insert,
     or_,
     select,
     text,
@@ -31,6 +30,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, selectinload
 
 from store import rollups
 from store.models import Feedback, Prediction, rollup_strategies
+from store.prepared import full_insert
 from store.rollups import AB, FIXED_ROUTES
 
 #: The first release's successful ab rows (``store.models.LEGACY_AB_OK``), columns qualified
@@ -57,14 +57,14 @@ def add_prediction(session: Session, **fields: Any) -> Prediction:
 
 def record_prediction(session: Session, **fields: Any) -> None:
     """``add_prediction`` for the request path: the same row, roll-ups and commit, the row
-    inserted by one Core ``INSERT`` (the ORM's unit of work cost more than the rest of the
-    write) and no object returned."""
+    inserted by one prepared ``INSERT`` (``store.prepared``: the ORM's unit of work, and then
+    Core's execution layer, each cost more than SQLite's own work) and no object returned."""
     connection = session.connection()
-    _commit_with_rollups(session, fields, lambda: connection.execute(_INSERT_PREDICTION, fields))
+    _commit_with_rollups(session, fields, lambda: _INSERT_PREDICTION.run(connection, fields))
 
 
-#: Built once: building the statement per request is part of what Core saves.
-_INSERT_PREDICTION = insert(Prediction.__table__)
+#: Compiled once per dialect, with every column's Python default.
+_INSERT_PREDICTION = full_insert(Prediction.__table__)
 
 
 def _commit_with_rollups(

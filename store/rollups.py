@@ -52,6 +52,7 @@ from store.models import (
     rollup_strategies,
     rollup_units,
 )
+from store.prepared import Prepared
 
 AB = "ab"
 #: ``route_reason`` of requests that no router decided (the experiment was paused or decided).
@@ -94,10 +95,10 @@ def _insert(session: Session, table: Table) -> Any:
     return _dialect(session).insert(table)
 
 
-#: Built upserts by (dialect, table, key columns, counters, returning): building one (its
+#: Prepared upserts by (dialect, table, key columns, counters, returning): building one (its
 #: ``excluded`` alias above all) costs far more than running it, and the request path runs
 #: several per prediction.
-_UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], Any] = {}
+_UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], Prepared] = {}
 
 
 def _upsert(
@@ -106,11 +107,11 @@ def _upsert(
     key: tuple[str, ...],
     counters: tuple[str, ...],
     returning: tuple[str, ...],
-) -> Any:
+) -> Prepared:
     """INSERT the row, or add the counters to the existing one (bound parameters by name)."""
     shape = (dialect.__name__, table.name, key, counters, returning)
-    statement = _UPSERTS.get(shape)
-    if statement is None:
+    prepared = _UPSERTS.get(shape)
+    if prepared is None:
         statement = dialect.insert(table).values({c: bindparam(c) for c in (*key, *counters)})
         statement = statement.on_conflict_do_update(
             index_elements=list(key),
@@ -118,8 +119,8 @@ def _upsert(
         )
         if returning:
             statement = statement.returning(*(table.c[c] for c in returning))
-        _UPSERTS[shape] = statement
-    return statement
+        prepared = _UPSERTS[shape] = Prepared(statement)
+    return prepared
 
 
 def _add(
@@ -127,13 +128,11 @@ def _add(
     table: Table,
     key: Mapping[str, Any],
     deltas: Mapping[str, float],
-    returning: Sequence[str] = (),
-) -> Any:
-    """Upsert: make the row with ``deltas`` or add them to it; the new values of ``returning``."""
+) -> None:
+    """Upsert: make the row with ``deltas`` or add them to it."""
     counters = tuple(sorted(deltas))
-    statement = _upsert(_dialect(session), table, tuple(key), counters, tuple(returning))
-    result = _counters(session).execute(statement, {**key, **deltas})
-    return result.one() if returning else None
+    prepared = _upsert(_dialect(session), table, tuple(key), counters, ())
+    prepared.run(_counters(session), {**key, **deltas})
 
 
 def _request_counts(row: Mapping[str, Any], correct: bool | None) -> Counts:
@@ -174,8 +173,8 @@ def _apply_units(
     units: Mapping[tuple[str, str, str], Mapping[str, int]],
     arms: dict[tuple[str, str], Counts],
 ) -> None:
-    """Upsert each client unit's deltas (one multi-row statement, in key order, so two
-    writers lock rows in one order) and add what each unit's change means to its arm's sums."""
+    """Upsert each client unit's deltas (in key order, so two writers lock rows in one order)
+    and add what each unit's change means to its arm's sums."""
     key = ("experiment", "arm", "unit")
     columns = tuple(f"{scope}_{f}" for scope in ROLLUP_SCOPES for f in UNIT_FIELDS)
     params = [
@@ -185,8 +184,9 @@ def _apply_units(
     ]
     if not params:
         return
-    statement = _upsert(_dialect(session), rollup_units, key, columns, (*key, *columns))
-    for new in _counters(session).execute(statement, params):
+    prepared = _upsert(_dialect(session), rollup_units, key, columns, (*key, *columns))
+    connection = _counters(session)
+    for new in (row for one in params for row in prepared.rows(connection, one)):
         deltas = units[(new.experiment, new.arm, new.unit)]
         sums = arms[(new.experiment, new.arm)]
         for scope in ROLLUP_SCOPES:
@@ -211,14 +211,16 @@ def _anonymous(counts: Counts) -> Counts:
 
 
 #: Built once: building (and keying) this select per request cost more than running it.
-_SHARE_EPOCH = select(ExperimentRow.__table__.c.share_epoch).where(
-    ExperimentRow.__table__.c.name == bindparam("experiment")
+_SHARE_EPOCH = Prepared(
+    select(ExperimentRow.__table__.c.share_epoch).where(
+        ExperimentRow.__table__.c.name == bindparam("experiment")
+    )
 )
 
 
 def _share_epoch(session: Session, experiment: str) -> int:
-    epoch = _counters(session).scalar(_SHARE_EPOCH, {"experiment": experiment})
-    return int(epoch or 0)
+    rows = _SHARE_EPOCH.rows(_counters(session), {"experiment": experiment})
+    return int(rows[0].share_epoch or 0) if rows else 0
 
 
 def _apply_epochs(
@@ -237,31 +239,30 @@ def _apply_epochs(
         new_clients = 0
         units = sorted(clients.get((experiment, arm), ()))
         if units:
-            statement = _new_epoch_units(_dialect(session))
-            inserted = _counters(session).execute(
-                statement, [{**key, "unit": unit} for unit in units]
+            prepared = _new_epoch_units(_dialect(session))
+            connection = _counters(session)
+            new_clients = sum(
+                len(prepared.rows(connection, {**key, "unit": unit})) for unit in units
             )
-            new_clients = len(inserted.all())
         deltas = {**counts, "clients": new_clients}
         _add(session, rollup_epoch_arms, key, _nonzero(deltas) or deltas)
 
 
-_EPOCH_UNITS: dict[str, Any] = {}
+_EPOCH_UNITS: dict[str, Prepared] = {}
 
 
-def _new_epoch_units(dialect: Any) -> Any:
+def _new_epoch_units(dialect: Any) -> Prepared:
     """INSERT an epoch's client unless it is there, RETURNING it when it was new."""
-    statement = _EPOCH_UNITS.get(dialect.__name__)
-    if statement is None:
+    prepared = _EPOCH_UNITS.get(dialect.__name__)
+    if prepared is None:
         c = rollup_epoch_units.c
-        statement = (
+        prepared = _EPOCH_UNITS[dialect.__name__] = Prepared(
             dialect.insert(rollup_epoch_units)
             .values({name: bindparam(name) for name in ("experiment", "epoch", "arm", "unit")})
             .on_conflict_do_nothing()
             .returning(c.unit)
         )
-        _EPOCH_UNITS[dialect.__name__] = statement
-    return statement
+    return prepared
 
 
 def _labels_added(session: Session, added: Mapping[str, int]) -> None:
