@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from sqlalchemy import Column, Connection, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
@@ -36,10 +36,12 @@ class _Compiled(NamedTuple):
 class Prepared:
     """One Core statement with named bind parameters, compiled once per dialect."""
 
-    def __init__(self, statement: Executable, defaults: Mapping[str, Callable[[], Any]] = ()):
+    def __init__(
+        self, statement: Executable, defaults: Mapping[str, Callable[[], Any]] | None = None
+    ) -> None:
         self.statement = statement
         #: Values for parameters the caller may leave out (Python-side column defaults).
-        self.defaults = dict(defaults)
+        self.defaults = dict(defaults or {})
         self._compiled: dict[str, _Compiled] = {}
 
     def _for(self, dialect: Dialect) -> _Compiled:
@@ -82,7 +84,7 @@ class Prepared:
             cursor.close()
 
 
-def _raise(connection: Connection, sql: str, params: Any, exc: Exception, cursor: Any) -> None:
+def _raise(connection: Connection, sql: str, params: Any, exc: Exception, cursor: Any) -> NoReturn:
     """Raise the driver's error as SQLAlchemy would, invalidating a dropped connection."""
     dialect = connection.dialect
     dropped = dialect.is_disconnect(exc, connection.connection.dbapi_connection, cursor)

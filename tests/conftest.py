@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import Engine
 
 from app import create_app
 from bench.scale import trouser_png
@@ -27,6 +28,8 @@ from ensembles.base import NoMembersLeftError
 from ensembles.bundle import EnsembleBundle, load_bundle
 from models.data import FASHION_MNIST_CLASSES
 from models.registry import ARTIFACT_ROOT, ArtifactError
+from store.db import make_engine
+from store.migrate import upgrade
 from tests.fakes import fake_bundle
 from tests.postgres import (
     TEMPLATE,
@@ -109,6 +112,15 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield made
     finally:
         made.drop()
+
+
+@pytest.fixture
+def engine(database: Database) -> Iterator[Engine]:
+    """An engine on the test's database, migrated to head, disposed at the end."""
+    engine = make_engine(database.url())
+    upgrade(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ which the views answer with 503; a dropped connection is invalidated)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +18,6 @@ from store.db import make_engine
 from store.migrate import upgrade
 from store.models import Prediction, rollup_strategies
 from store.prepared import Prepared, full_insert
-from tests.postgres import Database
 
 pytestmark = pytest.mark.postgres
 
@@ -46,14 +44,6 @@ ROW: dict[str, Any] = {
     "uncertainty": 0.002679,
     "created_at": datetime(2026, 12, 3, 17, 35, 25, 123456, tzinfo=UTC),
 }
-
-
-@pytest.fixture
-def engine(database: Database) -> Iterator[Engine]:
-    engine = make_engine(database.url())
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def _stored(session: Session, prediction_id: str) -> dict[str, Any]:

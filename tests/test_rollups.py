@@ -21,11 +21,9 @@ import store
 from experiments.stats import percentile
 from store import queries, rollups
 from store.bulk import add_predictions
-from store.db import make_engine
 from store.migrate import make_config, migration_connection, upgrade
 from store.models import ExperimentEvent, rollup_checkpoints, utcnow
 from store.units import RATIO_FIELDS
-from tests.postgres import Database
 from tests.test_store_definitions import _experiment
 
 pytestmark = pytest.mark.postgres
@@ -34,14 +32,6 @@ ARMS = ("bagging", "boosting", "stacking")
 EXPERIMENTS = ("split", "other")
 SHADOW = "cascade"
 PAST = utcnow() - timedelta(days=1)
-
-
-@pytest.fixture
-def engine(database: Database) -> Iterator[Engine]:
-    engine = make_engine(database.url())
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
