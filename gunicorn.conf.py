@@ -110,12 +110,15 @@ loglevel = (os.environ.get("LOG_LEVEL", "").strip() or "info").lower()
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Pin each worker to TORCH_THREADS (default 1) so N workers do not fight over N cores."""
+    """Pin each worker to TORCH_THREADS (default 1) so N workers do not fight over N cores,
+    and make it send each response's headers and body in one write (deploy/one_write.py)."""
     import torch
 
     from app import set_torch_threads  # both already imported by the preloaded master
+    from deploy.one_write import install
 
     set_torch_threads()
+    install()
     server.log.info("worker %s: %d torch thread(s)", worker.pid, torch.get_num_threads())
 
 

@@ -162,6 +162,8 @@ class GunicornServer:
         }
         self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile exports
         self.admin_password = self.env["ADMIN_PASSWORD"]
+        #: Workers gunicorn.conf.py starts (its default: 2); ready means all of them booted.
+        self.workers = int(self.env.get("WEB_CONCURRENCY", "").strip() or 2)
         self.process: subprocess.Popen[bytes] | None = None
         #: Where the server runs from (another checkout for bench.throughput's first release).
         self.cwd = ROOT
@@ -196,7 +198,8 @@ class GunicornServer:
         self.stop()
 
     def wait_ready(self) -> None:
-        """Poll /readyz until 200; fail with the log if gunicorn exits or never gets ready."""
+        """Poll /readyz until 200 and every worker has booted (one may answer before the master
+        has forked the next); fail with the log if gunicorn exits or never gets ready."""
         assert self.process is not None
         deadline = time.monotonic() + self.ready_timeout
         last = "no answer yet"
@@ -208,10 +211,11 @@ class GunicornServer:
             try:
                 with Client(self.url, timeout=5.0) as client:
                     status, body = client.request("GET", "/readyz")
-                if status == 200:
+                booted = len(self.worker_pids())
+                if status == 200 and booted >= self.workers:
                     log.info("server ready at %s (log: %s)", self.url, self.log_path)
                     return
-                last = f"{status} {body[:200]!r}"
+                last = f"{status} {body[:200]!r}, {booted} of {self.workers} workers booted"
             except OSError as exc:
                 last = repr(exc)
             time.sleep(0.25)

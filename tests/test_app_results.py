@@ -180,8 +180,13 @@ def test_three_arm_results_have_every_key_and_the_stats_engines_numbers(api, cli
             0, needed - int(min(control.d_sum, stats[arm].d_sum))
         )
         points = abs(comparison["absolute"]["difference"]) * 100
+        lead = (
+            "is level with bagging"
+            if f"{points:.1f}" == "0.0"
+            else rf"is (ahead|behind) by {points:.1f} points"
+        )
         assert re.fullmatch(
-            rf"{arm} is (ahead|behind) by {points:.1f} points; (not significant yet; about "
+            rf"{arm} {lead}; (not significant yet; about "
             r"[\d,]+ more labels per arm needed|significant \(sequential p [=<] [\d.]+\)|not "
             r"significant)",
             comparison["verdict"],
