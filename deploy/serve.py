@@ -28,6 +28,9 @@ MAX_UPLOAD_MB          10                   the app's upload limit; nginx's body
 GUNICORN_TIMEOUT       30                   gunicorn's; nginx waits 5 s longer for an answer
 UPSTREAM               (the socket)         another gunicorn address, e.g. app:8000 (compose)
 NGINX_ERROR_LOG        FRONT_DIR/error.log  nginx's error log ("stderr" in a container)
+GUNICORN_ACCESS_LOG    off                  behind the front; nginx's access log already has
+                                            each request once, with its request id ("-" adds
+                                            gunicorn's line per request, with the worker pid)
 
 ``python -m deploy.serve --print-config`` prints the config these settings give and exits
 (``deploy/nginx.compose.conf`` is made that way; tests/test_deploy_files.py keeps it current).
@@ -331,6 +334,8 @@ class Front:
     def __init__(self, config: FrontConfig, env: Mapping[str, str]) -> None:
         self.config = config
         self.env = {**env, "TRUSTED_PROXIES": "1"}
+        # nginx logs every request; gunicorn's second line for it cost ~80 us of worker CPU.
+        self.env.setdefault("GUNICORN_ACCESS_LOG", "off")
         # In-flight requests get STOP_TIMEOUT on a stop, not gunicorn's default 30 s.
         self.env.setdefault("GUNICORN_GRACEFUL_TIMEOUT", str(config.stop_timeout))
         self.gunicorn: subprocess.Popen[bytes] | None = None

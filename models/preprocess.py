@@ -448,10 +448,21 @@ def _grey_to_canvas(grey: np.ndarray, info: dict[str, Any] | None = None) -> np.
 
 def _fit(signal: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, float]:
     """Resize the boxed item so its longest side is 28 px and centre it on a 28x28 canvas."""
+    x0, y0, x1, y1 = box
+    scale = IMAGE_SIZE / max(x1 - x0, y1 - y0)
+    if scale == 1.0:
+        # The item already spans 28 px: the box filter at unit scale on whole pixels weighs each
+        # pixel 1 and its neighbours 0, so PIL would copy the box bit for bit (what a
+        # Fashion-MNIST upload does; tests/test_preprocess.py compares the two).
+        return _place(signal[y0:y1, x0:x1]), scale
+    return _place(_resample(signal, box, scale)), scale
+
+
+def _resample(signal: np.ndarray, box: tuple[int, int, int, int], scale: float) -> np.ndarray:
+    """The boxed item resized by ``scale`` with PIL (the filter's margin padded with zeros)."""
     height, width = signal.shape
     x0, y0, x1, y1 = box
     box_w, box_h = x1 - x0, y1 - y0
-    scale = IMAGE_SIZE / max(box_w, box_h)
     new_w, new_h = max(1, round(box_w * scale)), max(1, round(box_h * scale))
     # The filter reads a few pixels beyond the box, maybe beyond the image: pad with background.
     margin = int(np.ceil(3 / scale)) + 2
@@ -468,11 +479,17 @@ def _fit(signal: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray
     source = (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
     resample = _FILTER if scale <= 1 else Image.Resampling.BICUBIC
     resized = Image.fromarray(crop, mode="F").resize((new_w, new_h), resample, box=source)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def _place(item: np.ndarray) -> np.ndarray:
+    """The resized item centred on a black 28x28 float canvas."""
+    new_h, new_w = item.shape
     canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     # Fashion-MNIST puts the odd spare pixel left of and above the item.
     left, top = (IMAGE_SIZE - new_w + 1) // 2, (IMAGE_SIZE - new_h + 1) // 2
-    canvas[top : top + new_h, left : left + new_w] = np.asarray(resized, dtype=np.float32)
-    return canvas, scale
+    canvas[top : top + new_h, left : left + new_w] = item
+    return canvas
 
 
 def to_uint8_canvas(data: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

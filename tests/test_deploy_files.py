@@ -28,6 +28,7 @@ SERVER_VARIABLES = {
     "FORWARDED_ALLOW_IPS",
     "GUNICORN_THREADS",
     "GUNICORN_TIMEOUT",
+    "GUNICORN_ACCESS_LOG",
 }
 
 
@@ -119,3 +120,11 @@ def test_dockerfile_copies_every_package_and_runs_the_front() -> None:
     port = re.search(r"PORT=(\d+)", text).group(1)
     assert f"EXPOSE {port}" in text
     assert "USER chorus" in text  # nginx and gunicorn run unprivileged in the image too
+
+
+def test_behind_a_front_gunicorn_leaves_the_access_log_to_nginx(compose: dict) -> None:
+    """nginx logs each request once with its request id; gunicorn's own line is opt-in."""
+    assert serve.Front(serve.FrontConfig.from_env({}), {}).env["GUNICORN_ACCESS_LOG"] == "off"
+    kept = serve.Front(serve.FrontConfig.from_env({}), {"GUNICORN_ACCESS_LOG": "-"})
+    assert kept.env["GUNICORN_ACCESS_LOG"] == "-"
+    assert _env(compose["services"]["app"])["GUNICORN_ACCESS_LOG"] == "off"

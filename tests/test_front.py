@@ -56,7 +56,12 @@ def _status_and_body(answer: bytes) -> tuple[int, str, bytes]:
 @pytest.fixture(scope="module")
 def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontServer]:
     workdir: Path = tmp_path_factory.mktemp("front")
-    env = {"CLIENT_TIMEOUT": str(CLIENT_TIMEOUT), "WEB_CONCURRENCY": "2"}
+    # gunicorn's access log (off behind the front by default) says which worker served what.
+    env = {
+        "CLIENT_TIMEOUT": str(CLIENT_TIMEOUT),
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_ACCESS_LOG": "-",
+    }
     with FrontServer(workdir, env=env) as running:
         yield running
 

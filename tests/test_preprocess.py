@@ -369,6 +369,35 @@ def test_fashion_mnist_images_come_back_unchanged(fashion_mnist: np.ndarray, inv
     assert np.mean(diffs) < 0.1
 
 
+def _unit_scale_cases(fashion_mnist: np.ndarray) -> list[tuple[np.ndarray, tuple]]:
+    """Signals whose item box spans 28 px: Fashion-MNIST canvases (full frame), and random
+    float images with 28-px boxes anywhere, touching the edges or not, tall or wide."""
+    cases = [(image.astype(np.float32), (0, 0, 28, 28)) for image in fashion_mnist]
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        height, width = rng.integers(28, 90, size=2)
+        signal = rng.normal(40, 60, size=(height, width)).astype(np.float32)
+        short = int(rng.integers(1, 29))
+        box_w, box_h = (28, short) if rng.random() < 0.5 else (short, 28)
+        x0, y0 = int(rng.integers(0, width - box_w + 1)), int(rng.integers(0, height - box_h + 1))
+        cases.append((signal, (x0, y0, x0 + box_w, y0 + box_h)))
+    return cases
+
+
+def test_a_28_pixel_item_is_copied_exactly_as_pil_would_resize_it(
+    fashion_mnist: np.ndarray,
+) -> None:
+    """_fit's unit-scale shortcut gives PIL's output bit for bit (negative values included)."""
+    from models import preprocess as module
+
+    for signal, box in _unit_scale_cases(fashion_mnist):
+        canvas, scale = module._fit(signal, box)
+        assert scale == 1.0
+        expected = module._place(module._resample(signal, box, 1.0))
+        assert canvas.dtype == expected.dtype == np.float32
+        assert np.array_equal(canvas, expected), box
+
+
 # --- bad uploads --------------------------------------------------------------------------
 
 
