@@ -7,7 +7,7 @@ from typing import Any
 
 import store
 from store.db import Store
-from store.queries import record_prediction
+from store.queries import record_prediction, record_predictions
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,11 @@ class Recorder:
         """Store one served (or failed) prediction in the caller's thread session, committed
         before the answer leaves (``record_prediction``: the request path's lean insert)."""
         record_prediction(self.db.sessions(), **fields)
+
+    def predictions(self, rows: list[dict[str, Any]]) -> None:
+        """Store a batch's predictions in one transaction, committed before the answer leaves:
+        one commit instead of one per image, and never part of a batch."""
+        record_predictions(self.db.sessions(), rows)
 
     def shadow(self, **fields: Any) -> None:
         """Store a shadow run in a session of its own: it runs after the response was sent."""

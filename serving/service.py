@@ -427,9 +427,15 @@ class PredictionService:
                     assessment=assessments[j],
                 )
         share = _milliseconds(started) / len(files)
-        for row, body in zip(rows, bodies, strict=True):
+        for body in bodies:
             body["latency_ms"] = round(share, 3)
-            self.recorder.prediction(**row, **{k: body.get(k) for k in STORED_FIELDS})
+        self.recorder.predictions(
+            [
+                {**row, **{k: body.get(k) for k in STORED_FIELDS}}
+                for row, body in zip(rows, bodies, strict=True)
+            ]
+        )
+        for row, body in zip(rows, bodies, strict=True):
             self.metrics.served(strategy=name, model=row["arm"], version=bundle.version, body=body)
         self.on_outcome(rows[0]["experiment"])
         log.info(
@@ -450,14 +456,15 @@ class PredictionService:
     ) -> None:
         """Record the images of a batch that one arm's failure left unanswered (the failed arm's
         own rows are recorded by ``_run``): every image of a request is recorded."""
-        for index, row in enumerate(rows):
-            if index not in recorded:
-                self.recorder.prediction(
-                    **row,
-                    latency_ms=_milliseconds(started),
-                    error=f"BatchAborted: {failed} failed in the same batch, so no image of "
-                    "it was answered",
-                )
+        error = f"BatchAborted: {failed} failed in the same batch, so no image of it was answered"
+        latency = _milliseconds(started)
+        unanswered = [
+            {**row, "latency_ms": latency, "error": error}
+            for index, row in enumerate(rows)
+            if index not in recorded
+        ]
+        if unanswered:
+            self.recorder.predictions(unanswered)
 
     def _preprocess_nth(self, index: int, data: bytes) -> Preprocessed:
         """The upload preprocessing of one file of a batch; its error names the file."""
@@ -514,10 +521,10 @@ class PredictionService:
         try:
             return predict_node(node, bundle.bank, x)
         except Exception as exc:
-            for row in rows:
-                self.recorder.prediction(
-                    **row, latency_ms=_milliseconds(started), error=f"{type(exc).__name__}: {exc}"
-                )
+            error, latency = f"{type(exc).__name__}: {exc}", _milliseconds(started)
+            self.recorder.predictions(
+                [{**row, "latency_ms": latency, "error": error} for row in rows]
+            )
             self.on_outcome(rows[0]["experiment"])
             if isinstance(exc, EnsembleError):
                 log.error("prediction %s failed (%s): %s", rows[0]["id"], node.name, exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -51,7 +51,7 @@ def add_prediction(session: Session, **fields: Any) -> Prediction:
     """
     row = Prediction(**fields)
     session.add(row)
-    _commit_with_rollups(session, fields, session.flush)
+    _commit_with_rollups(session, [fields], session.flush)
     return row
 
 
@@ -59,8 +59,19 @@ def record_prediction(session: Session, **fields: Any) -> None:
     """``add_prediction`` for the request path: the same row, roll-ups and commit, the row
     inserted by one prepared ``INSERT`` (``store.prepared``: the ORM's unit of work, and then
     Core's execution layer, each cost more than SQLite's own work) and no object returned."""
+    record_predictions(session, [fields])
+
+
+def record_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """A batch's predictions as ``record_prediction`` stores one, in one transaction: all of
+    them are committed before the answer, or none is (no half-recorded batch)."""
     connection = session.connection()
-    _commit_with_rollups(session, fields, lambda: _INSERT_PREDICTION.run(connection, fields))
+
+    def write() -> None:
+        for fields in rows:
+            _INSERT_PREDICTION.run(connection, fields)
+
+    _commit_with_rollups(session, rows, write)
 
 
 #: Compiled once per dialect, with every column's Python default.
@@ -68,12 +79,12 @@ _INSERT_PREDICTION = full_insert(Prediction.__table__)
 
 
 def _commit_with_rollups(
-    session: Session, fields: dict[str, Any], write: Callable[[], object]
+    session: Session, rows: Sequence[dict[str, Any]], write: Callable[[], object]
 ) -> None:
-    """Run ``write`` (the row's insert), then its roll-ups, and commit; roll back on failure."""
+    """Run ``write`` (the rows' inserts), then their roll-ups, and commit; roll back on failure."""
     try:
         write()
-        rollups.record_predictions(session, [fields])
+        rollups.record_predictions(session, rows)
         session.commit()
     except BaseException:
         session.rollback()

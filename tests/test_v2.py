@@ -444,6 +444,33 @@ def test_every_image_is_recorded_and_takes_feedback(app, client, admin_headers):
     assert feedback.status_code == 200
 
 
+def test_a_batch_is_recorded_whole_or_not_at_all(client, admin_headers, monkeypatch):
+    """The database failing at a batch's fourth row: a 503, and none of its images stored
+    (one transaction for the batch), so no answer the client never got is counted."""
+    from sqlalchemy.exc import OperationalError
+
+    from store import queries
+
+    before = stats(client, admin_headers)["total_predictions"]
+    real_run, calls = queries._INSERT_PREDICTION.run, []
+
+    def fourth_fails(connection, params):
+        calls.append(params["id"])
+        if len(calls) == 4:
+            raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+        real_run(connection, params)
+
+    monkeypatch.setattr(queries._INSERT_PREDICTION, "run", fourth_fails)
+    response = client.post(INFER.format("bagging"), json=uint8_json(canvases(7)))
+    assert response.status_code == 503, response.get_json()
+    assert len(calls) == 4
+    monkeypatch.undo()
+    assert stats(client, admin_headers)["total_predictions"] == before
+    served = client.post(INFER.format("bagging"), json=uint8_json(canvases(7)))
+    assert served.status_code == 200
+    assert stats(client, admin_headers)["total_predictions"] == before + 7
+
+
 def test_an_experiment_routes_each_image(app, client):
     body = client.post(INFER.format("ab"), json=uint8_json(canvases(40))).get_json()
     arms = body["parameters"]["arms"]
