@@ -61,7 +61,6 @@ from store.models import (
 )
 from store.monitoring import recent_window
 from store.queries import (
-    abstentions_by_strategy,
     accuracy_points,
     add_prediction,
     arm_latencies,
@@ -79,7 +78,7 @@ from store.queries import (
     strategy_outcomes,
     total_predictions,
 )
-from store.rollups import arm_scopes, series, srm_units
+from store.rollups import abstentions_by_strategy, arm_scopes, series, srm_units
 from store.units import unit_outcomes, unit_scopes, unit_series
 from store.versions import activations, active_activation, record_activation
 

@@ -368,6 +368,8 @@ COUNT_FIELDS = (
     "labelled",
     "correct",
 )
+#: Per requested strategy only: answered predictions that abstained (``/admin``'s counts).
+STRATEGY_FIELDS = ("abstained",)
 #: Unit-level sums beside them: units with a served request, and the ratio statistics' sums
 #: of squares and products (``n`` labelled units; ``m_sum``/``d_sum`` are correct/labelled).
 UNIT_SUM_FIELDS = ("units", "n", "m_sum_squares", "d_sum_squares", "m_d_sum_of_products")
@@ -400,7 +402,10 @@ rollup_arms = Table(
 )
 #: Per requested strategy: request counts over all served traffic (the stats page).
 rollup_strategies = Table(
-    "rollup_strategies", Base.metadata, _key("strategy"), *_counters(*COUNT_FIELDS)
+    "rollup_strategies",
+    Base.metadata,
+    _key("strategy"),
+    *_counters(*COUNT_FIELDS, *STRATEGY_FIELDS),
 )
 #: The clients with a served routed request in a share epoch (what SRM counts).
 rollup_epoch_units = Table(

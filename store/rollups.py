@@ -311,8 +311,10 @@ class _Batch:
     def request(self, row: Mapping[str, Any], correct: bool | None) -> None:
         """A served (or failed) request, with its first verdict's correctness if it has one."""
         counts = _request_counts(row, correct)
+        strategy = self.strategies[row["strategy"]]
         for field, value in counts.items():
-            self.strategies[row["strategy"]][field] += value
+            strategy[field] += value
+        strategy["abstained"] += int(row.get("error") is None and bool(row.get("abstained")))
         experiment = experiment_of(row)
         if experiment is None:
             return
@@ -550,6 +552,20 @@ def strategy_outcomes(session: Session) -> dict[str, dict[str, Any]]:
             "mean_confidence": total / counts["confidences"] if counts["confidences"] else None,
         }
     return out
+
+
+def abstentions_by_strategy(session: Session) -> dict[str, dict[str, int]]:
+    """``store.queries.abstentions_by_strategy``: answered and abstained per strategy."""
+    rows = session.execute(
+        select(
+            rollup_strategies.c.strategy, rollup_strategies.c.served, rollup_strategies.c.abstained
+        )
+        .where(rollup_strategies.c.served > 0)
+        .order_by(rollup_strategies.c.strategy)
+    )
+    return {
+        row.strategy: {"answered": int(row.served), "abstained": int(row.abstained)} for row in rows
+    }
 
 
 def total_predictions(session: Session) -> int:

@@ -57,6 +57,8 @@ def _row(rng: random.Random, i: int, experiment: str | None, **fields: Any) -> d
         "client_hash": rng.choice([None, None, *[f"c{k}" for k in range(12)]]),
         "error": "boom" if failed else None,
         "route_reason": rng.choice(["sticky", "sticky", "sticky", "paused", "completed", None]),
+        # A failed row never abstains on the request path; one that says so must not count.
+        "abstained": rng.random() < 0.2,
     }
     if row["strategy"] != experiment and experiment is None:
         row["arm"] = row["strategy"] if row["strategy"] != "ab" else row["arm"]
@@ -160,6 +162,7 @@ def assert_rollups_match_the_rows(session: Session) -> None:
             arm: _window(v, (50, 95)) for arm, v in newest.items()
         }
     _close(rollups.strategy_outcomes(session), queries.strategy_outcomes(session))
+    assert rollups.abstentions_by_strategy(session) == queries.abstentions_by_strategy(session)
     assert rollups.total_predictions(session) == queries.total_predictions(session)
     newest = queries.strategy_latencies(session)
     assert queries.strategy_latency_percentiles(session, 7) == {

@@ -74,7 +74,7 @@ CREATE TABLE feedback (
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The newest revision (what every upgrade below must end at).
-HEAD = "0009"
+HEAD = "0010"
 #: Columns later revisions added to predictions, with what an upgraded first-release row holds.
 NEW_PREDICTION_COLUMNS = {
     "experiment": None,
