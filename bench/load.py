@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from experiments.stats import percentile
 
@@ -135,44 +135,27 @@ def total_predictions(url: str, password: str) -> int:
         return int(client.get_json("/api/v1/stats", basic_auth(password))["total_predictions"])
 
 
-class GunicornServer:
-    """``gunicorn -c gunicorn.conf.py 'app:create_app()'`` as `make serve` runs it, on a free port.
+class ChildServer:
+    """A server process the benches and tests start: ``command()`` run with its output in
+    ``log_path``, ready once ``wait_ready`` returns, always stopped and reaped on exit."""
 
-    The database is a SQLite file in ``workdir`` (with the server log); SECRET_KEY and
-    ADMIN_PASSWORD are random unless ``env`` sets them; everything else comes from the caller's
-    environment and gunicorn.conf.py's defaults.
-    """
+    #: Seconds a SIGTERM gets before SIGKILL.
+    stop_timeout = 45.0
 
-    def __init__(
-        self, workdir: Path, env: Mapping[str, str] | None = None, ready_timeout: float = 120.0
-    ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "gunicorn.log"
-        self.ready_timeout = ready_timeout
-        self.env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "DATABASE_URL": f"sqlite:///{workdir / 'chorus.db'}",
-            "SECRET_KEY": secrets.token_hex(32),
-            "ADMIN_PASSWORD": secrets.token_urlsafe(16),
-            "FLASK_DEBUG": "0",
-            **(env or {}),
-        }
-        self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile exports
-        self.admin_password = self.env["ADMIN_PASSWORD"]
-        #: Workers gunicorn.conf.py starts (its default: 2); ready means all of them booted.
-        self.workers = int(self.env.get("WEB_CONCURRENCY", "").strip() or 2)
-        self.process: subprocess.Popen[bytes] | None = None
+    def __init__(self, log_path: Path, env: Mapping[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
         #: Where the server runs from (another checkout for bench.throughput's first release).
-        self.cwd = ROOT
+        self.cwd: Path | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        """What to run (deploy/serve.py's front overrides it: tests/servers.py)."""
-        return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+        raise NotImplementedError
 
-    def __enter__(self) -> GunicornServer:
+    def wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         with open(self.log_path, "wb") as log_file:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 self.command(),
@@ -196,6 +179,62 @@ class GunicornServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM (a graceful stop), SIGKILL if it hangs; always reaps the process."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        wait = self.stop_timeout if timeout is None else timeout
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            log.warning("%s ignored SIGTERM for %.0fs; killing it", type(self).__name__, wait)
+            self.process.kill()
+            self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+class GunicornServer(ChildServer):
+    """``gunicorn -c gunicorn.conf.py 'app:create_app()'`` as `make serve` runs it, on a free port.
+
+    The database is a SQLite file in ``workdir`` (with the server log); SECRET_KEY and
+    ADMIN_PASSWORD are random unless ``env`` sets them; everything else comes from the caller's
+    environment and gunicorn.conf.py's defaults.
+    """
+
+    def __init__(
+        self, workdir: Path, env: Mapping[str, str] | None = None, ready_timeout: float = 120.0
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_timeout = ready_timeout
+        env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "DATABASE_URL": f"sqlite:///{workdir / 'chorus.db'}",
+            "SECRET_KEY": secrets.token_hex(32),
+            "ADMIN_PASSWORD": secrets.token_urlsafe(16),
+            "FLASK_DEBUG": "0",
+            **(env or {}),
+        }
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile exports
+        super().__init__(workdir / "gunicorn.log", env)
+        self.env: dict[str, str] = env
+        self.admin_password = env["ADMIN_PASSWORD"]
+        #: Workers gunicorn.conf.py starts (its default: 2); ready means all of them booted.
+        self.workers = int(env.get("WEB_CONCURRENCY", "").strip() or 2)
+        self.cwd = ROOT
+
+    def command(self) -> list[str]:
+        """What to run (deploy/serve.py's front overrides it: tests/servers.py)."""
+        return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
 
     def wait_ready(self) -> None:
         """Poll /readyz until 200 and every worker has booted (one may answer before the master
@@ -223,24 +262,6 @@ class GunicornServer:
             f"{self.url}/readyz not ready after {self.ready_timeout:.0f}s ({last}):\n"
             f"{self.log_tail()}"
         )
-
-    def stop(self, timeout: float = 45.0) -> None:
-        """SIGTERM (gunicorn's graceful stop), SIGKILL if it hangs; always reaps the process."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("gunicorn ignored SIGTERM for %.0fs; killing it", timeout)
-            self.process.kill()
-            self.process.wait()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def worker_pids(self) -> list[int]:
         """Pids of the workers gunicorn booted, from its log."""

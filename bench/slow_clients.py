@@ -49,7 +49,7 @@ class FrontServer(GunicornServer):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "deploy.serve"]
 
-    def stop(self, timeout: float = 45.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         super().stop(timeout)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 

@@ -93,10 +93,10 @@ class BaselineServer(GunicornServer):
 
     def __init__(self, tree: Path, workdir: Path) -> None:
         super().__init__(workdir)
-        self.cwd = tree
+        self.tree = self.cwd = tree
 
     def command(self) -> list[str]:
-        python = str(self.cwd / ".venv" / "bin" / "python")
+        python = str(self.tree / ".venv" / "bin" / "python")
         return [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
 
 

@@ -15,20 +15,19 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
 
 from bench.load import (
     PREDICT_PATH,
+    ChildServer,
     Client,
     GunicornServer,
     basic_auth,
@@ -63,8 +62,10 @@ scrape_configs:
 """
 
 
-class Prometheus:
+class Prometheus(ChildServer):
     """``prometheus`` on a free port of 127.0.0.1 with its own config and data folder."""
+
+    stop_timeout = 15.0
 
     def __init__(self, workdir: Path, target_port: int) -> None:
         binary = shutil.which("prometheus")
@@ -72,50 +73,29 @@ class Prometheus:
             pytest.fail(
                 "Debian's prometheus is not installed: `make test` installs it (make prometheus)"
             )
+        super().__init__(workdir / "prometheus.log")
         self.binary = binary
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "prometheus.yml"
         self.config.write_text(CONFIG.format(interval=SCRAPE_S, token=TOKEN, port=target_port))
         self.data = workdir / "data"
-        self.log_path = workdir / "prometheus.log"
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Prometheus:
-        with open(self.log_path, "wb") as log_file:
-            self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={self.config}",
-                    f"--storage.tsdb.path={self.data}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.data}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
 
     def wait_ready(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"prometheus exited: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as answer:
                     if answer.status == 200:
@@ -123,17 +103,7 @@ class Prometheus:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"prometheus not ready: {self.log_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        raise RuntimeError(f"prometheus not ready: {self.log_tail()}")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query through the HTTP API (``/api/v1/query``): the result vector."""
