@@ -23,7 +23,7 @@ import io
 import re
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from flask import Request
 from werkzeug.datastructures import FileStorage, Headers, MultiDict
@@ -134,9 +134,29 @@ def _rebound(function: Callable[..., Any], **names: object) -> Callable[..., Any
 
 
 class LeanMultiPartParser(MultiPartParser):
-    """werkzeug's ``MultiPartParser`` with ``LeanMultipartDecoder``."""
+    """werkzeug's ``MultiPartParser`` with ``LeanMultipartDecoder``; the files of a form it
+    refuses half-way (a body cut short, a limit passed) are closed, where werkzeug leaves their
+    temporary files to the garbage collector."""
 
-    parse = _rebound(MultiPartParser.parse, MultipartDecoder=LeanMultipartDecoder)
+    _parse = _rebound(MultiPartParser.parse, MultipartDecoder=LeanMultipartDecoder)
+
+    def start_file_streaming(self, event: File, total_content_length: int | None) -> IO[bytes]:
+        container = super().start_file_streaming(event, total_content_length)
+        self._opened.append(container)
+        return container
+
+    def parse(
+        self, stream: IO[bytes], boundary: bytes, content_length: int | None
+    ) -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
+        self._opened: list[IO[bytes]] = []
+        try:
+            return self._parse(stream, boundary, content_length)
+        except BaseException:
+            for container in self._opened:
+                container.close()
+            raise
+        finally:
+            self._opened = []
 
 
 #: Bodies up to this size are read whole and split (``split_whole_body``); bigger ones stream.
