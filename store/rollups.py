@@ -4,7 +4,7 @@ Each prediction, shadow run and effective verdict updates, in the transaction th
 (so the roll-ups are never ahead of or behind the rows), a few counter rows (``store.models``):
 
 - ``rollup_strategies``: per requested strategy, ``arm_outcomes``' request counts over all
-  served traffic (the stats page);
+  served traffic (the stats page), and how many answers abstained (``/admin``);
 - ``rollup_arms``: per experiment arm and scope (``all`` traffic; ``routed``: what the router
   routed, not a pause or a decision), the request counts and the unit-level sums of the ratio
   statistics (``store.units.RATIO_FIELDS``) over randomisation units;
