@@ -165,11 +165,11 @@ class ExperimentEngine:
         return snapshot is not None and now - snapshot.at < self.ttl and snapshot.version == version
 
     def _read(self, bundle: EnsembleBundle, now: float) -> Snapshot:
-        session = self.db.sessions()
-        try:
+        # A session of its own, closed at once (no read transaction held between requests):
+        # ending the request's session instead would expire what the request has loaded, such
+        # as the prediction a result page is rendering. Closing keeps the rows' loaded values.
+        with self.db.sessions.session_factory() as session:
             ensemble_rows, experiment_rows = store.list_definitions(session)
-        finally:
-            session.rollback()  # end the read transaction: no snapshot held between requests
         nodes = builtin_nodes(bundle)
         ensembles: dict[str, dict[str, Any]] = {}
         broken: dict[str, str] = {}
@@ -228,8 +228,7 @@ class ExperimentEngine:
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
         definition = experiment.definition
-        session = self.db.sessions()
-        try:
+        with self.db.sessions.session_factory() as session:  # as in _read
             if kind == "reward":
                 window = int(definition.get("reward_window", 1000))
                 counts = store.reward_window(session, experiment.name, window)
@@ -244,8 +243,6 @@ class ExperimentEngine:
                     )
                     for arm, values in latencies.items()
                 }
-        finally:
-            session.rollback()
         self._stats[experiment.name] = (now, stats)
         return stats
 

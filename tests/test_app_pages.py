@@ -646,3 +646,26 @@ def test_a_saturated_answer_reads_above_99_9_not_100(client, upload, app_bundle,
     assert "100.0%" not in html
     assert "&gt; 99.9% confident" in html
     assert html.count('<td class="num">&gt; 99.9%</td>') >= len(ensemble.member_names_)
+
+
+def test_a_result_page_survives_a_definitions_refresh_while_it_renders(app, client, upload):
+    """The engine re-reads the definitions when its snapshot is older than ``ttl``, in the
+    middle of a page that has already loaded its prediction: that read has a session of its
+    own, so the page's prediction (and its verdict) is not expired under it (it was: a 500,
+    ``'Prediction.feedback' is not available due to lazy='raise'``, once a second in CI)."""
+    pid = prediction_id(
+        client.post("/bagging", data={"image": upload()}, follow_redirects=True).get_data(
+            as_text=True
+        )
+    )
+    client.post(f"/predictions/{pid}/feedback", data={"yes": "Yes", "label": ""})
+    engine = app.extensions["chorus"].engine
+    engine.ttl = 0.0  # every snapshot() reads the definitions again
+    try:
+        for _ in range(3):
+            response = client.get(f"/predictions/{pid}")
+            html = response.get_data(as_text=True)
+            assert response.status_code == 200, html[:300]
+            assert pid in html and 'id="feedback-status"' in html  # the verdict, read from it
+    finally:
+        engine.ttl = 1.0
