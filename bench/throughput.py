@@ -14,8 +14,9 @@ CPU its whole process tree (nginx, the gunicorn master, the workers) spent per r
 the ratio now/then against the issue's targets (>= 2.4x and >= 300/s), p99 against 1.5x the
 Little mean, server CPU per request against the mean forward + 1.5 ms, the forward-only
 ceiling (workers / the mean one-image forward over the strategy mix, timed in this process on
-the serving runtime once the load is over), and the V2 endpoint's images/s for batches of 64
-from concurrent clients. Exit status 1 when a request failed or a record was lost.
+the serving runtime before the rounds and after them, the mean of the two; both are printed,
+since a shared machine's speed can drift within a run), and the V2 endpoint's images/s for
+batches of 64 from concurrent clients. Exit status 1 when a request failed or a record was lost.
 """
 
 from __future__ import annotations
@@ -327,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         tallies = [Tally(f"then {args.baseline}", then), Tally("now (front)", now)]
         for tally in tallies:
             tally.recorded_before = total_predictions(tally.server.url, tally.server.admin_password)
+        with Client(now.url) as client:
+            version = client.get_json("/readyz")["model_version"]
+        # The forward is timed before and after the rounds: a shared VM's speed can move by a
+        # third within one run, and the CPU budget and the ceiling rest on this figure.
+        forward_before = mean_forward_ms(version, args.repeat)
         for n in range(args.rounds):
             for tally in tallies if n % 2 == 0 else tallies[::-1]:
                 measure_round(tally, images, args.clients, args.requests)
@@ -335,18 +341,22 @@ def main(argv: list[str] | None = None) -> int:
         v2, v2_answered = v2_images_per_s(now.url, images, args.v2_clients, args.v2_requests)
         v2_recorded = total_predictions(now.url, now.admin_password) - v2_before
         lost["V2 images"] = v2_answered - v2_recorded
-        with Client(now.url) as client:
-            version = client.get_json("/readyz")["model_version"]
         with Client(then.url) as client:
             then_version = client.get_json("/readyz")["model_version"]
         workers, then_workers = len(now.worker_pids()), len(then.worker_pids())
-        forward = mean_forward_ms(version, args.repeat)
+        forward_after = mean_forward_ms(version, args.repeat)
+    forward = {s: (forward_before[s] + forward_after[s]) / 2 for s in forward_before}
+    before, after = (
+        statistics.fmean(f[s] for s in STRATEGIES) for f in (forward_before, forward_after)
+    )
     header = [
         f"CPU {cpu_model()}, {os.cpu_count()} cores; {args.clients} clients (threads), "
         f"{args.requests} predictions per server and round, {args.rounds} alternating rounds",
         f"then: {args.baseline} (gunicorn, {then_workers} workers, model "
         f"{then_version}); now: {ROOT.name} via deploy.serve (nginx + gunicorn, {workers} "
         f"workers, model {version})",
+        f"forward mix mean timed before the rounds {before:.2f} ms, after them {after:.2f} ms "
+        f"(the machine's speed moved {100 * (after - before) / before:+.1f}%; below, their mean)",
     ]
     text, correct = report(tallies, lost, args.clients, forward, workers, v2, header)
     sys.stdout.write(text)
