@@ -11,9 +11,9 @@ experiment's console page, every ``/results``, ``/api/v1/stats`` and the predict
 (and the request path's write, with its roll-up upserts alone), each next to the target
 (reads <= 200 ms; predict within 10% of its median at 0 rows). The predict path is judged
 against the same app on an empty database, the two called in alternation at each size
-(``paired_medians``), since a shared machine's speed drifts over a run by more than 10%; its
-ratio to the median measured at the start is printed beside it. Exit status 1 when a target
-is missed.
+(``bench.forward.median_ms``), since a shared machine's speed drifts over a run by more than
+10%; its ratio to the median measured at the start is printed beside it. Exit status 1 when a
+target is missed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from bench import forward
 
 log = logging.getLogger(__name__)
 
@@ -254,22 +256,6 @@ def predict_call(client: Any, image: bytes) -> Callable[[], Any]:
     return call
 
 
-def paired_medians(
-    first: Callable[[], Any], second: Callable[[], Any], repeat: int
-) -> tuple[float, float]:
-    """Median wall ms of two calls made in alternation (after one warm-up each), so both see
-    the same machine: a shared VM's speed drifts by more than the 10% being judged."""
-    first()
-    second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for index in range(2 * repeat):
-        call, out = (first, times[0]) if index % 2 == 0 else (second, times[1])
-        started = time.perf_counter()
-        call()
-        out.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -304,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             seed(app, size - seeded, seeded, rng)
             seeded = size
             timings = {name: median_ms(call, args.repeat) for name, call in reads(client).items()}
-            timings["predict (median)"], timings["predict, empty database"] = paired_medians(
-                predict, predict_empty, args.predict_repeat
+            timings["predict (median)"], timings["predict, empty database"] = forward.median_ms(
+                predict, predict_empty, repeat=args.predict_repeat, warmup=1
             )
             for name, call in writes.items():
                 timings[name] = median_ms(call, args.predict_repeat)

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,8 +171,9 @@ def server_parts(server: GunicornServer) -> dict[str, list[int]]:
     return groups
 
 
-def mean_forward_ms(version: str, repeat: int) -> dict[str, float]:
-    """Median one-image forward per strategy of the mix, on the runtime the server chose."""
+def forward_calls(version: str) -> dict[str, Callable[[], object]]:
+    """One-image forwards of each strategy's members, on the runtime the server chose (the
+    bank is loaded once; ``mean_forward_ms`` times them)."""
     torch.set_num_threads(1)
     artifact = load_artifact(version)
     spec = Manifest.from_dict(artifact.manifest).strategies
@@ -183,8 +184,15 @@ def mean_forward_ms(version: str, repeat: int) -> dict[str, float]:
         "boosting": spec.boosting.members,
         "stacking": spec.stacking.members,
     }
-    calls = [lambda names=names: bank.select(names).probabilities(x) for names in sets.values()]
-    times = dict(zip(sets, median_ms(*calls, repeat=repeat), strict=True))
+    return {
+        name: lambda names=names: bank.select(names).probabilities(x)
+        for name, names in sets.items()
+    }
+
+
+def mean_forward_ms(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median one-image forward per strategy of the mix (ab: the mean of its even split)."""
+    times = dict(zip(calls, median_ms(*calls.values(), repeat=repeat), strict=True))
     times["ab"] = statistics.fmean(times[arm] for arm in AB_ARMS)  # an even split by default
     return times
 
@@ -332,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             version = client.get_json("/readyz")["model_version"]
         # The forward is timed before and after the rounds: a shared VM's speed can move by a
         # third within one run, and the CPU budget and the ceiling rest on this figure.
-        forward_before = mean_forward_ms(version, args.repeat)
+        forwards = forward_calls(version)
+        forward_before = mean_forward_ms(forwards, args.repeat)
         for n in range(args.rounds):
             for tally in tallies if n % 2 == 0 else tallies[::-1]:
                 measure_round(tally, images, args.clients, args.requests)
@@ -344,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         with Client(then.url) as client:
             then_version = client.get_json("/readyz")["model_version"]
         workers, then_workers = len(now.worker_pids()), len(then.worker_pids())
-        forward_after = mean_forward_ms(version, args.repeat)
+        forward_after = mean_forward_ms(forwards, args.repeat)
     forward = {s: (forward_before[s] + forward_after[s]) / 2 for s in forward_before}
     before, after = (
         statistics.fmean(f[s] for s in STRATEGIES) for f in (forward_before, forward_after)

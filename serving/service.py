@@ -456,15 +456,18 @@ class PredictionService:
     ) -> None:
         """Record the images of a batch that one arm's failure left unanswered (the failed arm's
         own rows are recorded by ``_run``): every image of a request is recorded."""
-        error = f"BatchAborted: {failed} failed in the same batch, so no image of it was answered"
-        latency = _milliseconds(started)
-        unanswered = [
-            {**row, "latency_ms": latency, "error": error}
-            for index, row in enumerate(rows)
-            if index not in recorded
-        ]
+        unanswered = [row for index, row in enumerate(rows) if index not in recorded]
         if unanswered:
-            self.recorder.predictions(unanswered)
+            self._record_failed(
+                unanswered,
+                started,
+                f"BatchAborted: {failed} failed in the same batch, so no image of it was answered",
+            )
+
+    def _record_failed(self, rows: Sequence[dict], started: float, error: str) -> None:
+        """Store ``rows`` as failed predictions with ``error``, in one transaction."""
+        latency = _milliseconds(started)
+        self.recorder.predictions([{**row, "latency_ms": latency, "error": error} for row in rows])
 
     def _preprocess_nth(self, index: int, data: bytes) -> Preprocessed:
         """The upload preprocessing of one file of a batch; its error names the file."""
@@ -521,10 +524,7 @@ class PredictionService:
         try:
             return predict_node(node, bundle.bank, x)
         except Exception as exc:
-            error, latency = f"{type(exc).__name__}: {exc}", _milliseconds(started)
-            self.recorder.predictions(
-                [{**row, "latency_ms": latency, "error": error} for row in rows]
-            )
+            self._record_failed(rows, started, f"{type(exc).__name__}: {exc}")
             self.on_outcome(rows[0]["experiment"])
             if isinstance(exc, EnsembleError):
                 log.error("prediction %s failed (%s): %s", rows[0]["id"], node.name, exc)
