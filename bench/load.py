@@ -144,7 +144,8 @@ class ChildServer:
 
     def __init__(self, log_path: Path, env: Mapping[str, str] | None = None) -> None:
         self.log_path = log_path
-        self.env = dict(env) if env is not None else None
+        #: The child's whole environment (the caller's when ``env`` is None).
+        self.env: dict[str, str] = dict(os.environ if env is None else env)
         #: Where the server runs from (another checkout for bench.throughput's first release).
         self.cwd: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -226,7 +227,6 @@ class GunicornServer(ChildServer):
         }
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile exports
         super().__init__(workdir / "gunicorn.log", env)
-        self.env: dict[str, str] = env
         self.admin_password = env["ADMIN_PASSWORD"]
         #: Workers gunicorn.conf.py starts (its default: 2); ready means all of them booted.
         self.workers = int(env.get("WEB_CONCURRENCY", "").strip() or 2)

@@ -23,7 +23,6 @@ import base64
 import io
 import logging
 import os
-import platform
 import random
 import statistics
 import sys
@@ -38,6 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench import forward
+from bench.load import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,6 @@ CLIENTS = 5000
 LABELLED = 0.3
 CHUNK = 20_000
 ARMS = {"bagging": ("bagging",), "boosting": ("boosting",), "stacking": ("stacking",)}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (figures differ between the machines sessions run on)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def trouser_png() -> bytes:
