@@ -42,6 +42,22 @@ def test_rows_report_gflops_and_share_of_peak_from_the_model_flops():
     assert line.startswith("onnx: batch 64 worst set trio at 25.0% of peak") and "misses" in line
 
 
+def test_rows_report_their_share_of_mlas_peak_beside_torchs():
+    """With MLAS's matmul measured every row gains its median's share of it, and the worst set
+    per batch is named against it too: 64 GFLOP/s is 25% of a 256 GFLOP/s MLAS peak."""
+    from bench.forward import Row, mlas_verdicts
+
+    row = Row("onnx", "pair", members=2, batch=64, median_ms=2.0, best_ms=1.0)
+    fields = row.line(1_000_000, peak=128.0, mlas=256.0).split()
+    assert fields[-5:] == ["64.0", "128.0", "50.0", "100.0", "25.0"]
+    one = Row("onnx", "pair", members=2, batch=1, median_ms=0.01, best_ms=0.01)  # 200 GFLOP/s
+    slow = Row("onnx", "trio", members=3, batch=64, median_ms=6.0, best_ms=3.0)  # 32 GFLOP/s
+    assert mlas_verdicts([row, one, slow], 1_000_000, mlas=256.0) == [
+        "onnx: batch 1 worst set pair at 78.1% of MLAS's peak",
+        "onnx: batch 64 worst set trio at 12.5% of MLAS's peak",
+    ]
+
+
 def test_one_run_prints_the_peak_and_every_runtime_set_and_batch(capsys, tmp_path):
     """The real benchmark on the shipped artifact, two timed calls each: every runtime, member
     set and batch has a row whose share of peak is its GFLOP/s over the printed peak."""
@@ -50,6 +66,8 @@ def test_one_run_prints_the_peak_and_every_runtime_set_and_batch(capsys, tmp_pat
     assert main(["--repeat", "2", "--warmup", "0", "--onnx-cache", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     peak = float(out.split("matmul peak: ")[1].split()[0])
+    mlas = float(out.split("MLAS matmul peak: ")[1].split()[0])
+    assert mlas > 0 and "% MLAS" in out
     assert "one member = 58.3 MFLOP per image" in out and peak > 0
     lines = out.splitlines()
     rows = [line.split() for line in lines if line.startswith(("torch ", "onnx "))]
@@ -57,12 +75,17 @@ def test_one_run_prints_the_peak_and_every_runtime_set_and_batch(capsys, tmp_pat
     sets = ["one", "bagging", "boosting", "stacking", "all"]
     for runtime in ("torch", "onnx"):
         for batch in BATCHES:
-            mine = [r for r in rows if r[0] == runtime and r[-7] == str(batch)]
+            mine = [r for r in rows if r[0] == runtime and r[-8] == str(batch)]
             assert [r[1] for r in mine] == sets, (runtime, batch)
             for r in mine:
                 # each figure is printed to 0.1: the share's own rounding plus the GFLOP/s's
                 # and the peak's, carried through the division
-                share = 100 * float(r[-4]) / peak
-                slack = 0.05 + 100 * 0.05 / peak + share * 0.05 / peak
-                assert float(r[-2]) == pytest.approx(share, abs=slack + 1e-9)
+                for column, ceiling in ((-3, peak), (-1, mlas)):
+                    share = 100 * float(r[-5]) / ceiling
+                    slack = 0.05 + 100 * 0.05 / ceiling + share * 0.05 / ceiling
+                    assert float(r[column]) == pytest.approx(share, abs=slack + 1e-9)
     assert "onnx: batch 64 worst set" in out and "RSS: start" in out
+    assert any(
+        line.startswith("onnx: batch 64 worst set") and line.endswith("of MLAS's peak")
+        for line in lines
+    )
