@@ -34,19 +34,22 @@ def _fail(client, times: int, **kwargs) -> list[int]:
 
 # -- failed admin authentications ------------------------------------------------------------
 @pytest.mark.postgres
-def test_the_101st_failure_in_an_hour_is_a_429_and_success_is_never_limited(
+def test_the_101st_failure_in_an_hour_is_a_429_and_then_every_sign_in_waits(
     make_app: Callable[..., Flask], admin_headers, caplog
 ) -> None:
     client = make_app().test_client()
     caplog.set_level(logging.WARNING, logger="views.auth")
+    assert client.get(STATS, headers=admin_headers).status_code == 200  # counts nothing
     assert set(_fail(client, 100)) == {401}
     refused = client.get(STATS, headers=WRONG)
     assert refused.status_code == 429
     retry_after = int(refused.headers["Retry-After"])
     assert 3590 <= retry_after <= 3600
     assert "Too many failed sign-ins" in refused.get_json()["error"]
-    # The right password still works, and counts nothing.
-    assert client.get(STATS, headers=admin_headers).status_code == 200
+    # The right password waits too: a 200 among 429s would tell a guesser when it guessed.
+    right = client.get(STATS, headers=admin_headers)
+    assert right.status_code == 429 and right.get_json() == refused.get_json()
+    assert 3590 <= int(right.headers["Retry-After"]) <= retry_after
     # Another address has its own count.
     other = client.get(STATS, headers=WRONG, environ_base={"REMOTE_ADDR": "10.0.0.2"})
     assert other.status_code == 401
@@ -66,10 +69,12 @@ def test_the_limit_is_shared_by_every_worker_on_the_database(make_app, admin_hea
     assert _fail(second.test_client(), 1) == [429]
 
 
-def test_old_failures_expire(make_app) -> None:
+def test_old_failures_expire(make_app, admin_headers) -> None:
     client = make_app(AUTH_FAILURE_LIMIT=2, AUTH_FAILURE_WINDOW=1.0).test_client()
     assert _fail(client, 3) == [401, 401, 429]
+    assert client.get(STATS, headers=admin_headers).status_code == 429
     time.sleep(1.1)
+    assert client.get(STATS, headers=admin_headers).status_code == 200
     assert _fail(client, 1) == [401]
 
 
@@ -264,3 +269,32 @@ def test_the_result_page_does_not_decode_the_upload_again(client, upload, monkey
     assert images.thumbnail_uri(b"", 10, preview=Image.new("RGB", (300, 200))).startswith(
         "data:image/png;base64,"
     )
+
+
+def test_a_recursion_error_in_the_app_is_a_logged_500_not_the_clients_400(
+    app, client, monkeypatch, caplog
+) -> None:
+    """Only JSON too deep to parse is the client's fault; a RecursionError of the app's own
+    (say, a definition walked without a depth bound) is a bug: logged, and a 500."""
+
+    def recurse(*_args: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(app.extensions[EXTENSION].prediction, "feedback", recurse)
+    caplog.set_level(logging.ERROR, logger="views.errors")
+    response = client.post(
+        "/api/v1/predictions/" + "a" * 32 + "/feedback", json={"label": "Sneaker"}
+    )
+    assert response.status_code == 500 and "nested" not in response.get_json()["error"]
+    assert any(r.exc_info and r.exc_info[0] is RecursionError for r in caplog.records)
+
+
+def test_console_fields_nested_too_deep_are_a_form_error() -> None:
+    from types import SimpleNamespace
+
+    from experiments.spec import SpecError
+    from views.admin.routes import form_body
+
+    form = SimpleNamespace(extra=SimpleNamespace(data="[" * 100_000))
+    with pytest.raises(SpecError, match="nested too deeply"):
+        form_body(form)  # type: ignore[arg-type]

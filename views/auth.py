@@ -1,8 +1,10 @@
 """HTTP Basic auth for the admin pages: user ``admin``, password ``ADMIN_PASSWORD``.
 
 Failed authentications are limited per client address (OWASP ASVS 2.2.1: at most
-``AUTH_FAILURE_LIMIT``, 100, an hour); past the limit a wrong password answers 429 with
-``Retry-After``. Only failures count and a correct password is never refused. The count lives in
+``AUTH_FAILURE_LIMIT``, 100, an hour); past the limit every attempt from that address answers
+429 with ``Retry-After`` until the oldest failure leaves the window, the right password too:
+were it still let through, a 429 would only tell a guesser "wrong" and guessing would go on at
+full speed. Only failures count (a signed-in admin's requests add nothing). The count lives in
 the database (``store.throttle``), not in a worker's memory, so N gunicorn workers (or several
 instances on one Postgres) share one limit and a restart does not reset it. Behind the proxy
 the address is the one nginx forwarded (``views.hooks.client_address``).
@@ -45,45 +47,59 @@ def check_admin() -> None:
     if not password:
         abort(403, description="admin is disabled: set ADMIN_PASSWORD and restart the service.")
     auth = request.authorization
+    user = auth.username if auth is not None else None
+    # Checked before the password is: past the limit no answer says whether a guess was right.
+    count = _refuse_past_the_limit(user)
     ok = auth is not None and auth.type == "basic"
     # Both comparisons always run, so timing does not tell which part was wrong.
     user_ok = _same(auth.username or "", ADMIN_USER) if ok else False
     password_ok = _same(auth.password or "", password) if ok else False
     if not (ok and user_ok and password_ok):
-        _count_failure(auth.username if auth is not None else None)
+        _count_failure(user, count)
         raise Unauthorized(
             "Sign in as user “admin” with the ADMIN_PASSWORD the operator configured.",
             www_authenticate=WWWAuthenticate("basic", CHALLENGE),
         )
 
 
-def _count_failure(user: str | None) -> None:
-    """Log and count a failed authentication; 429 once the address is past the hourly limit."""
+def _window() -> tuple[int, timedelta]:
+    return (
+        int(current_app.config["AUTH_FAILURE_LIMIT"]),
+        timedelta(seconds=float(current_app.config["AUTH_FAILURE_WINDOW"])),
+    )
+
+
+def _refuse_past_the_limit(user: str | None) -> int:
+    """429 while this address is past the hourly limit of failures; else their count so far."""
     client = client_address()
-    limit = int(current_app.config["AUTH_FAILURE_LIMIT"])
-    window = timedelta(seconds=float(current_app.config["AUTH_FAILURE_WINDOW"]))
-    session = store.get_session()
+    limit, window = _window()
     now = utcnow()
-    count, oldest = recent_auth_failures(session, client, window, now)
-    if count >= limit:
-        wait = (oldest + window - now).total_seconds() if oldest is not None else 1.0
-        retry_after = max(1, math.ceil(wait))
-        log.warning(
-            "admin authentication refused from %s (user %s): %d failures within %ds, "
-            "retry after %ds",
-            client,
-            loggable(user),
-            count,
-            window.total_seconds(),
-            retry_after,
-        )
-        raise TooManyRequests(
-            f"Too many failed sign-ins from this address ({limit} within "
-            f"{window.total_seconds() / 60:g} minutes). Wait {retry_after} s and try again with "
-            "the right password.",
-            retry_after=retry_after,
-        )
-    record_auth_failure(session, client, window, now)
+    count, oldest = recent_auth_failures(store.get_session(), client, window, now)
+    if count < limit:
+        return count
+    wait = (oldest + window - now).total_seconds() if oldest is not None else 1.0
+    retry_after = max(1, math.ceil(wait))
+    log.warning(
+        "admin authentication refused from %s (user %s): %d failures within %ds, retry after %ds",
+        client,
+        loggable(user),
+        count,
+        window.total_seconds(),
+        retry_after,
+    )
+    raise TooManyRequests(
+        f"Too many failed sign-ins from this address ({limit} within "
+        f"{window.total_seconds() / 60:g} minutes). Every sign-in from it is refused until "
+        f"then: wait {retry_after} s and try again with the right password.",
+        retry_after=retry_after,
+    )
+
+
+def _count_failure(user: str | None, count: int) -> None:
+    """Log and count a failed authentication (``count``: the address's failures before it)."""
+    client = client_address()
+    limit, window = _window()
+    record_auth_failure(store.get_session(), client, window, utcnow())
     log.warning(
         "admin authentication failed from %s (user %s): %d of %d allowed failures per %ds",
         client,

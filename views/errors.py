@@ -166,14 +166,6 @@ def domain_error(exc: Exception) -> Response:
     return http_error(default_exceptions.get(status, InternalServerError)(message_of(exc)))
 
 
-@bp.app_errorhandler(RecursionError)
-def too_deep(exc: RecursionError) -> Response:
-    """JSON nested thousands deep overflows the parser: the client's fault, a 400."""
-    return http_error(
-        default_exceptions[400]("The JSON is nested too deeply; send a flat JSON object.")
-    )
-
-
 @bp.app_errorhandler(OperationalError)
 @bp.app_errorhandler(PoolTimeoutError)
 def database_unavailable(exc: Exception) -> Response:

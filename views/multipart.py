@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from flask import Request
 from werkzeug.datastructures import FileStorage, Headers, MultiDict
+from werkzeug.exceptions import BadRequest
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import File, MultipartDecoder
@@ -264,7 +265,19 @@ def _part(chunk: bytes, parser: MultiPartParser) -> tuple[str, str | None, Heade
     return extra.get("name"), filename, headers, body  # type: ignore[return-value]
 
 
+#: What a JSON body nested too deep for the parser gets (a 400: the client's, not a bug).
+TOO_DEEP = "The JSON is nested too deeply; send a flat JSON object."
+
+
 class LeanRequest(Request):
-    """Flask's request, parsing multipart forms with ``LeanFormDataParser``."""
+    """Flask's request, parsing multipart forms with ``LeanFormDataParser``; a JSON body nested
+    deeper than the parser recurses is a 400 (Flask lets the ``RecursionError`` through)."""
 
     form_data_parser_class = LeanFormDataParser
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        """Flask's ``get_json``, with JSON too deep to parse a 400 even when ``silent``."""
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            raise BadRequest(TOO_DEEP) from None

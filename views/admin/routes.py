@@ -67,6 +67,8 @@ def form_body(form: ExperimentForm) -> dict[str, Any]:
     if form.extra.data and form.extra.data.strip():
         try:
             extra = json.loads(form.extra.data)
+        except RecursionError:
+            raise SpecError("extra", "Other fields are nested too deeply") from None
         except ValueError as exc:
             raise SpecError("extra", f"Other fields must be a JSON object ({exc})") from None
         if not isinstance(extra, dict):
