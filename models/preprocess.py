@@ -93,6 +93,12 @@ class ImageTooLargeError(PreprocessError):
     status_code = 413
 
 
+class NotANumberPixelsError(PreprocessError):
+    """A floating-point image (32-bit TIFF) holds NaN or infinite pixels: no grey level to read."""
+
+    status_code = 422
+
+
 class BlankImageError(PreprocessError):
     """The image is one flat colour: there is nothing to classify."""
 
@@ -295,6 +301,12 @@ def _to_grey(image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.float32) / 257.0
     if image.mode in ("I", "F"):
         arr = np.asarray(image, dtype=np.float32)
+        if image.mode == "F" and not np.isfinite(arr).all():
+            raise NotANumberPixelsError(
+                "The image's pixels include values that are not numbers (NaN or infinity, "
+                "which only floating-point TIFFs can hold), so it has no grey levels to "
+                f"classify. {_HOW_TO_FIX}"
+            )
         low, high = float(arr.min()), float(arr.max())
         if image.mode == "F" and high <= 1.0 and low >= 0.0:
             return arr * 255.0
@@ -302,7 +314,9 @@ def _to_grey(image: Image.Image) -> np.ndarray:
             return arr
         if low >= 0.0 and high <= 65535.0:
             return arr / 257.0
-        return (arr - low) * (255.0 / max(high - low, 1e-6))
+        # In float64: the span of two extreme float32 values overflows float32 to infinity.
+        span = arr.astype(np.float64) - low
+        return (span * (255.0 / max(high - low, 1e-6))).astype(np.float32)
     if image.mode == "L":
         return np.asarray(image, dtype=np.float32)
     try:

@@ -18,6 +18,7 @@ from models.preprocess import (
     BlankImageError,
     EmptyImageError,
     ImageTooLargeError,
+    NotANumberPixelsError,
     NotAnImageError,
     PreprocessError,
     TruncatedImageError,
@@ -301,6 +302,26 @@ def test_large_images_in_every_mode_are_reduced_correctly(mode: str, fmt: str) -
     canvas = to_uint8_canvas(encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {})))
     assert bbox(canvas) == bbox(expected)
     assert mad(canvas, expected) < 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_float_tiff_with_pixels_that_are_not_numbers_is_a_422(bad: float) -> None:
+    """NaN or infinity in a 32-bit TIFF reached np.bincount as a negative count: a 500."""
+    grey = np.full((64, 64), 200.0, dtype=np.float32)
+    grey[20:40, 25:35] = 30.0
+    grey[0, 0] = bad
+    with pytest.raises(NotANumberPixelsError, match="not numbers") as refused:
+        to_uint8_canvas(encode(Image.fromarray(grey), "TIFF"))
+    assert refused.value.status_code == 422
+
+
+def test_a_float_tiff_spanning_the_whole_float32_range_is_rescaled_not_overflowed() -> None:
+    """-3e38 to 3e38: their difference overflows float32, which made every pixel NaN."""
+    grey = np.full((64, 64), 3e38, dtype=np.float32)
+    grey[20:40, 25:35] = -3e38
+    canvas = to_uint8_canvas(encode(Image.fromarray(grey), "TIFF"))
+    dark_item = to_uint8_canvas(encode(Image.fromarray((grey > 0).astype(np.uint8) * 255), "PNG"))
+    assert mad(canvas, dark_item) < 1
 
 
 def test_damaged_exif_does_not_reject_the_image(reference: np.ndarray) -> None:
