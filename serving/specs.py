@@ -48,7 +48,13 @@ def check_name(value: Any, reserved: frozenset[str]) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (not a bool; an integer too big for a float is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # json.loads keeps 1e400 written as digits as an exact int
+        return False
 
 
 def parse_models(value: Any, known: Sequence[str]) -> list[dict]:

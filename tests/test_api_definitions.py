@@ -685,3 +685,46 @@ def test_a_null_patch_changes_nothing_and_writes_no_event(api):
     revision = api("GET", "/api/v1/experiments/w").get_json()["revision"]
     assert api("PATCH", "/api/v1/experiments/w", {"weights": None}).status_code == 200
     assert api("GET", "/api/v1/experiments/w").get_json()["revision"] == revision
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {
+                "name": "big-weight",
+                "aggregation": "weighted_average",
+                "models": [
+                    {"model_id": "bagging-0", "weight": 10**400},
+                    {"model_id": "bagging-1", "weight": 1},
+                ],
+            },
+            "models[0].weight",
+        ),
+        (
+            {
+                "name": "big-threshold",
+                "aggregation": "cascade",
+                "threshold": 10**400,
+                "models": [{"model_id": "bagging-0"}, {"model_id": "bagging-1"}],
+            },
+            "threshold",
+        ),
+        (
+            {
+                "name": "big-split",
+                "strategy": "weighted",
+                "models": [
+                    {"model_id": "bagging", "weight": 10**400},
+                    {"model_id": "boosting", "weight": 1},
+                ],
+            },
+            "models[0].weight",
+        ),
+    ],
+)
+def test_an_integer_too_big_for_a_float_is_a_400_naming_its_field(api, body, field):
+    """JSON keeps 1 followed by 400 zeros as an exact int; math.isfinite of it overflowed: 500."""
+    response = api("POST", URL, body)
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"].startswith(field)
