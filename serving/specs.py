@@ -119,6 +119,13 @@ def parse_ensemble(body: Mapping[str, Any], models: list[dict]) -> dict[str, Any
     values = [1.0 if w is None else float(w) for w in weights]
     if math.fsum(values) <= 0:
         raise SpecError("models[0].weight", "at least one model weight must be > 0")
+    if aggregation == "cascade" and 0 in values:
+        # A cascade renormalises over the members it has run so far: each needs a share.
+        zero = values.index(0)
+        raise SpecError(
+            f"models[{zero}].weight",
+            f"models[{zero}].weight must be > 0 in a cascade (leave a model out instead)",
+        )
     definition: dict[str, Any] = {
         "strategy": "ensemble",
         "aggregation": aggregation,

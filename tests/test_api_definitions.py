@@ -728,3 +728,20 @@ def test_an_integer_too_big_for_a_float_is_a_400_naming_its_field(api, body, fie
     response = api("POST", URL, body)
     assert response.status_code == 400, response.get_json()
     assert response.get_json()["error"].startswith(field)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_a_cascade_member_weighted_zero_is_a_400_at_create(api, threshold):
+    """A cascade renormalises over the members run so far, so a zero weight could not serve:
+    the create answered 500 without a threshold, and with one every prediction did."""
+    body = {
+        "name": "zero-cascade",
+        "aggregation": "cascade",
+        "models": [{"model_id": "bagging-0", "weight": 0}, {"model_id": "bagging-1", "weight": 1}],
+    }
+    if threshold is not None:
+        body["threshold"] = threshold
+    response = api("POST", URL, body)
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith("models[0].weight must be > 0 in a cascade")
+    assert api("GET", URL + "/zero-cascade").status_code == 404
