@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from models.tensor import IMAGE_SIZE
+from serving import jsontext
 from serving.errors import InvalidRequest
 
 #: The request/response header of the binary tensor extension: the JSON part's length.
@@ -173,7 +174,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = jsontext.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(
             f"The request is not valid JSON ({str(exc)[:120]}). {_USAGE}", "body"

@@ -9,7 +9,6 @@ forward -> record one row -> the contract body. Shadows run later, when the call
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -29,6 +28,7 @@ from experiments.assignment import hash_client_id
 from experiments.routers import Route
 from models.preprocess import DEFAULT_MAX_PIXELS, Preprocessed, PreprocessError, analyse
 from models.tensor import IMAGE_SIZE, to_tensor
+from serving import jsontext
 from serving.contract import STORED_FIELDS, prediction_body
 from serving.deferred import DeferredRunner
 from serving.engine import ExperimentEngine, LiveExperiment
@@ -120,7 +120,7 @@ def parse_features(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
                 f"features is longer than {MAX_FEATURES_TEXT} characters", field="features"
             )
         try:
-            raw = json.loads(raw)
+            raw = jsontext.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise InvalidRequest(
                 f'features must be a JSON object as text, e.g. {{"segment": "enterprise"}} ({exc})',

@@ -32,6 +32,8 @@ from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import File, MultipartDecoder
 
+from serving import jsontext
+
 #: What follows ``--boundary`` in werkzeug's two expressions: the closing ``--`` (optional
 #: line break) or horizontal whitespace and a line break. Group 1, as in werkzeug's.
 _AFTER_BOUNDARY = re.compile(rb"(--[^\S\n\r]*(?:\r\n|\n|\r)?|[^\S\n\r]*(?:\r\n|\n|\r))")
@@ -271,13 +273,20 @@ TOO_DEEP = "The JSON is nested too deeply; send a flat JSON object."
 
 class LeanRequest(Request):
     """Flask's request, parsing multipart forms with ``LeanFormDataParser``; a JSON body nested
-    deeper than the parser recurses is a 400 (Flask lets the ``RecursionError`` through)."""
+    deeper than the parser recurses is a 400 (Flask lets the ``RecursionError`` through), and so
+    is one holding a lone surrogate (``serving.jsontext``)."""
 
     form_data_parser_class = LeanFormDataParser
 
     def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
-        """Flask's ``get_json``, with JSON too deep to parse a 400 even when ``silent``."""
+        """Flask's ``get_json``; JSON too deep to parse, or not text, is a 400 even when silent."""
         try:
-            return super().get_json(force=force, silent=silent, cache=cache)
+            value = super().get_json(force=force, silent=silent, cache=cache)
         except RecursionError:
             raise BadRequest(TOO_DEEP) from None
+        if value is not None:
+            try:
+                jsontext.check(self.get_data(cache=True), value)
+            except jsontext.NotTextError as exc:
+                raise BadRequest(str(exc)) from None
+        return value

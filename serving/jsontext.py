@@ -1,0 +1,47 @@
+"""JSON from clients must be text: a lone UTF-16 surrogate (``"\\ud800"``) is valid JSON, but
+the string it parses to cannot be encoded, so it failed later, wherever the value was stored
+or hashed (a 500). It is refused where the JSON is parsed, with a 400 that says why."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+#: Only an escape can make a surrogate (UTF-8 bytes cannot hold one): no match, no walk.
+_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class NotTextError(ValueError):
+    """The JSON holds a string with a lone UTF-16 surrogate."""
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, refusing lone surrogates (``NotTextError``, a ``ValueError``)."""
+    value = json.loads(text)
+    check(text, value)
+    return value
+
+
+def check(text: str | bytes, value: Any) -> None:
+    """Raise ``NotTextError`` if ``value``, parsed from ``text``, holds a lone surrogate."""
+    pattern = _ESCAPE_BYTES if isinstance(text, bytes | bytearray) else _ESCAPE_TEXT
+    if not pattern.search(text):  # a valid pair parses to one character: only then walk
+        return
+    stack = [value]
+    while stack:  # not recursive: a deep body must not overflow the check
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise NotTextError(
+                    "The JSON holds a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff "
+                    "without its pair), which is not text; send valid Unicode."
+                ) from None
