@@ -298,3 +298,13 @@ def test_console_fields_nested_too_deep_are_a_form_error() -> None:
     form = SimpleNamespace(extra=SimpleNamespace(data="[" * 100_000))
     with pytest.raises(SpecError, match="nested too deeply"):
         form_body(form)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("header", ["Basic \xe4\xff", "Basic ünïcode", "Basic ="])
+def test_an_authorization_header_werkzeug_cannot_read_is_a_401(client, header) -> None:
+    """Non-ASCII after "Basic" made werkzeug's parser raise ValueError: a 500 on every admin
+    route. It is no credentials at all: the challenge, and a counted failure."""
+    for path in (STATS, "/admin"):
+        response = client.get(path, environ_overrides={"HTTP_AUTHORIZATION": header})
+        assert response.status_code == 401, path
+        assert response.headers["WWW-Authenticate"].startswith("Basic")

@@ -46,7 +46,10 @@ def check_admin() -> None:
     password = current_app.config.get("ADMIN_PASSWORD")
     if not password:
         abort(403, description="admin is disabled: set ADMIN_PASSWORD and restart the service.")
-    auth = request.authorization
+    try:
+        auth = request.authorization
+    except ValueError:  # werkzeug: "Basic" then bytes that are not base64 ASCII
+        auth = None
     user = auth.username if auth is not None else None
     # Checked before the password is: past the limit no answer says whether a guess was right.
     count = _refuse_past_the_limit(user)
