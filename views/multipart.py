@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from flask import Request
 from werkzeug.datastructures import FileStorage, Headers, MultiDict
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import File, MultipartDecoder
@@ -277,6 +277,23 @@ class LeanRequest(Request):
     is one holding a lone surrogate (``serving.jsontext``)."""
 
     form_data_parser_class = LeanFormDataParser
+
+    def _load_form_data(self) -> None:
+        """werkzeug's parse; a body within the size cap refused for werkzeug's part or text
+        field limits says so (its bare 413 read as "the upload is larger than 10 MB")."""
+        try:
+            super()._load_form_data()
+        except RequestEntityTooLarge as exc:
+            cap, length = self.max_content_length, self.content_length
+            if exc.description != RequestEntityTooLarge.description or length is None:
+                raise
+            if cap is not None and length > cap:
+                raise
+            raise RequestEntityTooLarge(
+                f"The form has more than {self.max_form_parts} parts, or a text field over "
+                f"{(self.max_form_memory_size or 0) // 1000:,} KB: send the image and a few "
+                "short fields."
+            ) from None
 
     def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         """Flask's ``get_json``; JSON too deep to parse, or not text, is a 400 even when silent."""
