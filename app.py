@@ -24,6 +24,7 @@ from models.preprocess import DEFAULT_MAX_PIXELS
 from models.registry import ARTIFACT_ROOT
 from serving import catalogue
 from serving.container import build_services
+from serving.monitoring import DEFAULT_WINDOW, MAX_WINDOW
 from serving.service import ModelHolder
 from serving.versions import Loader, bundle_loader, startup_version
 from store.db import DatabaseUrlError
@@ -54,6 +55,7 @@ _ENV_KEYS = (
     "METRICS_TOKEN",
     "RUNTIME",
     "ONNX_CACHE_DIR",
+    "MONITOR_WINDOW",
 )
 
 
@@ -106,6 +108,8 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
         RUNTIME="auto",
         #: Where exported ONNX graphs are cached, keyed by the weights' sha256 (gitignored).
         ONNX_CACHE_DIR=DEFAULT_CACHE,
+        #: Newest served predictions /api/v1/monitoring and its drift check read by default.
+        MONITOR_WINDOW=DEFAULT_WINDOW,
     )
     app.config.from_mapping({k: os.environ[k] for k in _ENV_KEYS if os.environ.get(k)})
     if test_config is not None:
@@ -121,6 +125,12 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
     if cap != int(cap):
         raise ConfigError(f"CLIENT_LABEL_CAP must be a whole number, got {cap!r}")
     config["CLIENT_LABEL_CAP"] = int(cap)
+    window = _number("MONITOR_WINDOW", config["MONITOR_WINDOW"], 1, MAX_WINDOW)
+    if window != int(window):
+        raise ConfigError(
+            f"MONITOR_WINDOW must be a whole number, got {config['MONITOR_WINDOW']!r}"
+        )
+    config["MONITOR_WINDOW"] = int(window)
     for name in ("TRUSTED_PROXIES", "AUTH_FAILURE_LIMIT"):
         whole = _number(name, config[name], 0, 1_000_000)
         if whole != int(whole):
@@ -233,6 +243,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         inline_after=bool(app.testing),
         decision_interval=app.config["DECISION_INTERVAL"],
         client_label_cap=app.config["CLIENT_LABEL_CAP"],
+        monitor_window=app.config["MONITOR_WINDOW"],
         loader=loader,
         artifact_root=root,
     )

@@ -11,7 +11,7 @@ from serving.definitions import DefinitionService
 from serving.engine import ExperimentEngine
 from serving.guardian import Guardian
 from serving.metrics import Metrics
-from serving.monitoring import Monitor
+from serving.monitoring import DEFAULT_WINDOW, Monitor
 from serving.recorder import Recorder
 from serving.reports import Reports
 from serving.service import ModelHolder, PredictionService
@@ -71,6 +71,7 @@ def build_services(
     inline_after: bool = False,
     decision_interval: float = 1.0,
     client_label_cap: int | None = None,
+    monitor_window: int = DEFAULT_WINDOW,
     loader: Loader,
     artifact_root: Path,
 ) -> Services:
@@ -89,7 +90,13 @@ def build_services(
     guardian = Guardian(
         db, definitions, interval=decision_interval, deferred=deferred, metrics=metrics
     )
-    monitor = Monitor(db, lambda: models.bundle, deferred=deferred, on_drift=metrics.drift_checked)
+    monitor = Monitor(
+        db,
+        lambda: models.bundle,
+        window=monitor_window,
+        deferred=deferred,
+        on_drift=metrics.drift_checked,
+    )
 
     def on_outcome(name: str | None) -> None:
         guardian.observe(name)

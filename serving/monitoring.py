@@ -31,8 +31,11 @@ from store.db import Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = 1000
+#: ``MONITOR_WINDOW``'s default: the newest 300 served predictions (DESIGN.md).
+DEFAULT_WINDOW = 300
 MAX_WINDOW = 10_000
+#: Fewer predictions in the window than this and drift is not judged: ``detected`` is null.
+MIN_DRIFT_WINDOW = 100
 #: Family-wise false-alarm rate of one drift check (Bonferroni over its tests).
 DRIFT_ALPHA = 0.01
 #: Fewer recent values than this and a test is not run (its p-value would mean little).
@@ -178,9 +181,17 @@ def drift(
     reference: Mapping[str, Any] | None,
     alpha: float = DRIFT_ALPHA,
 ) -> dict[str, Any]:
-    """The drift tests of a window against the artifact's reference, Bonferroni-corrected."""
+    """The drift tests of a window against the artifact's reference, Bonferroni-corrected;
+    ``detected`` is null until the window holds ``MIN_DRIFT_WINDOW`` predictions."""
+    judged = len(rows) >= MIN_DRIFT_WINDOW
     if not reference:
-        return {"detected": False, "alpha": alpha, "reference": None, "tests": []}
+        return {
+            "detected": False if judged else None,
+            "alpha": alpha,
+            "reference": None,
+            "tests": [],
+            "min_predictions": MIN_DRIFT_WINDOW,
+        }
     tests = []
     canvases = [r["canvas"] for r in rows if r.get("canvas") is not None]
     if canvases:
@@ -206,7 +217,8 @@ def drift(
     for t in run:
         t["detected"] = t["p_value"] < threshold
     return {
-        "detected": any(t["detected"] for t in run),
+        "detected": any(t["detected"] for t in run) if judged else None,
+        "min_predictions": MIN_DRIFT_WINDOW,
         "alpha": alpha,
         "threshold": threshold,
         "reference": {
@@ -216,6 +228,12 @@ def drift(
         },
         "tests": tests,
     }
+
+
+def _overall(rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
+    """The whole window's calibration and confusion, every serving model together."""
+    health = ensemble_health(rows, classes)
+    return {key: health[key] for key in ("calibration", "confusion")}
 
 
 def report(
@@ -236,6 +254,7 @@ def report(
             "from": min(times).isoformat(timespec="seconds") if times else None,
             "to": max(times).isoformat(timespec="seconds") if times else None,
         },
+        **_overall(rows, classes),
         "ensembles": {arm: ensemble_health(r, classes) for arm, r in sorted(by_arm.items())},
         "drift": drift(rows, reference),
     }
@@ -307,18 +326,19 @@ class Monitor:
                 ", ".join(failing),
                 found["alpha"],
             )
-        elif self._detected and not found["detected"]:
+        elif self._detected and found["detected"] is False:
             log.info("drift no longer detected over the newest %d predictions", self.window)
-        self._detected = bool(found["detected"])
+        if found["detected"] is not None:  # null: too few predictions, no verdict either way
+            self._detected = found["detected"]
         if self.on_drift is not None:
             self.on_drift(found)
         return found
 
 
-def parse_window(value: str | None) -> int:
+def parse_window(value: str | None, default: int = DEFAULT_WINDOW) -> int:
     """The ``window`` query parameter: a whole number of predictions, 1..MAX_WINDOW."""
     if value is None or value == "":
-        return DEFAULT_WINDOW
+        return default
     try:
         window = int(value)
     except ValueError:

@@ -14,6 +14,7 @@ from PIL import Image, ImageFilter
 from scipy import stats as scipy_stats
 from sklearn.metrics import precision_recall_fscore_support
 
+from app import ConfigError
 from serving import monitoring
 from serving.monitoring import (
     Monitor,
@@ -130,13 +131,17 @@ def test_too_few_values_run_no_test_and_no_reference_detects_nothing() -> None:
     reference = _reference_of(_rows(400, rng))
     found = drift(_rows(10, rng, shift=0.5), reference)
     assert all(t["p_value"] is None and not t["detected"] for t in found["tests"])
-    assert not found["detected"]
+    assert found["detected"] is None  # DESIGN: null until the window holds 100 predictions
+    assert drift(_rows(99, rng), reference)["detected"] is None
+    assert drift(_rows(100, rng), reference)["detected"] is False
     assert drift(_rows(100, rng), None) == {
         "detected": False,
         "alpha": monitoring.DRIFT_ALPHA,
         "reference": None,
         "tests": [],
+        "min_predictions": 100,
     }
+    assert drift(_rows(99, rng), None)["detected"] is None
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "abc", "1.5", "10001"])
@@ -171,8 +176,25 @@ def test_the_window_reports_each_ensembles_health(client, admin_headers, image_p
     assert sum(map(sum, bagging["confusion"]["matrix"])) == 1
     assert bagging["fallback_rate"] == 0.0 and 0.0 <= bagging["agreement"] <= 1.0
     assert set(body["drift"]) >= {"detected", "tests"}
+    # DESIGN's contract: top-level calibration and confusion over the window, and detected
+    # null while the window holds fewer than 100 predictions.
+    assert body["drift"]["detected"] is None
+    assert sum(map(sum, body["confusion"]["matrix"])) == 1
+    assert body["calibration"]["bins"] and "ece" in body["calibration"]
+    default = client.get("/api/v1/monitoring", headers=admin_headers).get_json()
+    assert default["window"]["size"] == 300  # MONITOR_WINDOW's default
     page = client.get("/admin/monitoring", headers=admin_headers)
     assert page.status_code == 200 and b"Reliability" in page.data
+    assert b"Too few predictions to judge drift" in page.data
+
+
+def test_monitor_window_sets_the_default_window(make_app, admin_headers, monkeypatch) -> None:
+    monkeypatch.setenv("MONITOR_WINDOW", "120")
+    body = make_app().test_client().get("/api/v1/monitoring", headers=admin_headers).get_json()
+    assert body["window"]["size"] == 120
+    monkeypatch.setenv("MONITOR_WINDOW", "0")
+    with pytest.raises(ConfigError, match="MONITOR_WINDOW"):
+        make_app()
 
 
 # --- drift both ways on the shipped models -------------------------------------------------

@@ -22,9 +22,9 @@ def monitoring() -> ResponseReturnValue:
     """Health and drift; ``?window=`` picks how many recent predictions (400 if not a count)."""
     error = None
     try:
-        window = parse_window(request.args.get("window"))
+        window = parse_window(request.args.get("window"), services().monitor.window)
     except ValueError as exc:
-        error, window = str(exc), parse_window(None)
+        error, window = str(exc), services().monitor.window
     body = services().monitor.report(window)
     charts = {
         arm: reliability_diagram(health["calibration"]["bins"])

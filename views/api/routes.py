@@ -258,7 +258,7 @@ def stats() -> ResponseReturnValue:
 def monitoring() -> ResponseReturnValue:
     """Per-ensemble health and drift over the newest ``?window=`` served predictions."""
     try:
-        window = parse_window(request.args.get("window"))
+        window = parse_window(request.args.get("window"), services().monitor.window)
     except ValueError as exc:
         raise InvalidRequest(str(exc), "window") from None
     return jsonify(services().monitor.report(window))
