@@ -50,6 +50,20 @@ from views.hooks import request_target
 log = logging.getLogger(__name__)
 bp = Blueprint("errors", __name__)
 
+
+def _body_errors() -> tuple[type[BaseException], ...]:
+    """What gunicorn raises from ``wsgi.input`` for a body the client malformed (a bad chunk
+    size, a missing terminator) or cut short: the client's fault, a 400, not the app's 500."""
+    try:
+        from gunicorn.http.errors import NoMoreData, ParseException
+    except ImportError:  # another WSGI server
+        return ()
+    return (ParseException, NoMoreData)
+
+
+#: The server's errors for a malformed request body (see ``_body_errors``).
+BODY_ERRORS = _body_errors()
+
 #: Domain error -> HTTP status; the first matching class (in order) wins.
 STATUS: tuple[tuple[type[Exception], int], ...] = (
     (InvalidRequest, 400),
@@ -182,6 +196,15 @@ def database_unavailable(exc: Exception) -> Response:
 
 @bp.app_errorhandler(Exception)
 def unexpected_error(exc: Exception) -> Response:
-    """A bug: log the traceback with the request id, answer 500 without leaking details."""
+    """A bug: log the traceback with the request id, answer 500 without leaking details (but a
+    body the server could not read, malformed by the client, is a 400)."""
+    if BODY_ERRORS and isinstance(exc, BODY_ERRORS):
+        log.warning("malformed request body on %s %s: %r", request.method, request_target(), exc)
+        return http_error(
+            default_exceptions[400](
+                f"The request body could not be read ({type(exc).__name__}): send it again "
+                "with a correct Content-Length or well-formed chunks."
+            )
+        )
     log.exception("unhandled error on %s %s", request.method, request_target())
     return http_error(InternalServerError())
