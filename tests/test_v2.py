@@ -716,3 +716,20 @@ def test_other_methods_and_paths_answer_json(client):
     assert wrong_method.status_code == 405 and "POST" in wrong_method.get_json()["error"]
     assert client.get("/v2/nothing-here").status_code == 404
     assert "error" in client.get("/v2/nothing-here").get_json()
+
+
+def test_a_batch_holds_at_most_four_uploads_worth_of_pixels(make_app) -> None:
+    """Each file is capped at MAX_IMAGE_PIXELS, and a batch's files together at four times that:
+    256 small-on-the-wire PNGs of 25 MP each would cost a worker minutes of decoding (found by
+    review). Here the cap is 10,000 pixels, so five 100x100 images pass the batch's 40,000."""
+    client = make_app(MAX_IMAGE_PIXELS=10_000).test_client()
+    canvas = np.zeros((100, 100), np.uint8)
+    canvas[20:80, 35:65] = 200
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    four = client.post("/v2/models/bagging/infer", json=files_json([buffer.getvalue()] * 4))
+    assert four.status_code == 200
+    five = client.post("/v2/models/bagging/infer", json=files_json([buffer.getvalue()] * 5))
+    assert five.status_code == 413
+    error = five.get_json()["error"]
+    assert error.startswith("image[4]: the batch's images hold 50,000 pixels") and "40,000" in error
