@@ -271,7 +271,10 @@ class DefinitionService:
             return {arm: float(arm == target) for arm in served_arms(row.definition)}
         try:
             return build_router(row.definition, row.state or {}).expected_shares()
-        except Exception:  # a definition this code cannot build is reported elsewhere
+        except Exception as exc:  # a definition this code cannot build is reported elsewhere
+            log.warning(
+                "experiment %s: shares unknown, its router does not build: %s", row.name, exc
+            )
             return None
 
     def experiment(self, name: str) -> Any:

@@ -281,7 +281,8 @@ class Reports:
         # SRM is judged against the shares the router is configured with (None: adaptive).
         try:
             expected = build_router(definition, row.state or {}).expected_shares()
-        except Exception:  # a definition this code cannot build: no expectation to test
+        except Exception as exc:  # a definition this code cannot build: no expectation to test
+            log.warning("experiment %s: no SRM check, its router does not build: %s", name, exc)
             expected = None
         # Shares apply from their last change on: SRM counts only the units routed since (the
         # share epoch the change started).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import re
 
 import numpy as np
@@ -669,3 +670,19 @@ def test_a_result_page_survives_a_definitions_refresh_while_it_renders(app, clie
             assert pid in html and 'id="feedback-status"' in html  # the verdict, read from it
     finally:
         engine.ttl = 1.0
+
+
+def test_the_navigation_without_its_catalogue_still_renders_and_says_why(
+    app, client, monkeypatch, caplog
+) -> None:
+    """An error page renders its header even when the catalogue cannot be read (the store
+    down), and the reason is logged rather than swallowed."""
+
+    def down() -> None:
+        raise RuntimeError("catalogue unavailable")
+
+    monkeypatch.setattr(app.extensions["chorus"], "catalogue", down)
+    caplog.set_level(logging.WARNING, logger="views.templating")
+    page = client.get("/no-such-page")
+    assert page.status_code == 404 and b'href="/admin"' in page.data
+    assert "navigation without strategy pages: catalogue unavailable" in caplog.text

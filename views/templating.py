@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import PurePath
 from typing import Any
@@ -12,6 +13,8 @@ from ensembles.bundle import EnsembleBundle
 from serving.reports import format_p
 from views.charts import points_text
 from views.context import services
+
+log = logging.getLogger(__name__)
 
 MINUS = "\u2212"  # the minus sign, as in the headings ("Boosting − Bagging"), not a hyphen
 
@@ -100,7 +103,8 @@ def _navigation() -> list[dict[str, str]]:
     """The header links: every built-in strategy page from the catalogue, then Admin."""
     try:
         pages = services().catalogue().pages
-    except Exception:  # an error page must render even when the store is down
+    except Exception as exc:  # an error page must render even when the store is down
+        log.warning("navigation without strategy pages: %s", exc)
         pages = ()
     links = [{"url": url_for("pages.strategy", name=p.name), "label": p.title} for p in pages]
     return links + [{"url": url_for("admin.index"), "label": "Admin"}]
