@@ -119,6 +119,7 @@ class ModelVersions:
         self.interval = interval
         self.background = background
         self._lock = threading.Lock()  # one load at a time in this process
+        self._start = threading.Lock()  # one follower thread per process
         self._seen: int | None = None  # the newest activation this process has acted on
         self._polled = 0.0
         self._thread_pid: int | None = None
@@ -257,13 +258,23 @@ class ModelVersions:
             return
         pid = os.getpid()
         if self._thread_pid != pid:  # first request of this (forked) process
-            self._thread_pid = pid
-            threading.Thread(target=self._loop, name="chorus-versions", daemon=True).start()
+            with self._start:  # two first requests of a threaded server start one thread
+                if self._thread_pid != pid:
+                    self._thread_pid = pid
+                    threading.Thread(target=self._loop, name="chorus-versions", daemon=True).start()
 
     def _loop(self) -> None:
+        """Poll every ``interval`` for good: a failure other than the database's (which
+        ``poll`` logs quietly) is logged at most once a minute, and the loop goes on."""
         while True:
             time.sleep(self.interval)
-            self.poll()
+            try:
+                self.poll()
+            except Exception:
+                now = time.monotonic()
+                if now >= self._quiet_until:
+                    self._quiet_until = now + 60
+                    log.exception("model version follower: a poll failed (still following)")
 
     def poll(self) -> bool:
         """Serve the newest activation if it names another version; True when it swapped."""

@@ -273,3 +273,47 @@ def test_the_routes_are_the_designed_ones(app):
         ("/readyz", "GET"),
         ("/static/<path:filename>", "GET"),
     }
+
+
+def test_the_version_follower_starts_once_and_survives_a_failing_poll(
+    app, monkeypatch, caplog
+) -> None:
+    """Eight first requests at once start one follower thread; a poll raising something other
+    than a database error is logged and the loop polls again (it used to end the thread)."""
+    import threading
+
+    versions = app.extensions["chorus"].versions
+    calls, parked = [], threading.Event()
+
+    def poll() -> bool:
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            raise RuntimeError("a bug in the poll")
+        parked.set()
+        threading.Event().wait()  # park the daemon thread for the rest of the session
+        return False
+
+    monkeypatch.setattr(versions, "poll", poll)
+    monkeypatch.setattr(versions, "background", True)
+    monkeypatch.setattr(versions, "interval", 0.001)
+    monkeypatch.setattr(versions, "_thread_pid", None)
+    caplog.set_level(logging.ERROR, logger="serving.versions")
+    barrier = threading.Barrier(8)
+    before = {t.ident for t in threading.enumerate() if t.name == "chorus-versions"}
+
+    def first_request() -> None:
+        barrier.wait()
+        versions.follow()
+
+    callers = [threading.Thread(target=first_request) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert parked.wait(10), calls
+    followers = [
+        t for t in threading.enumerate() if t.name == "chorus-versions" and t.ident not in before
+    ]
+    assert len(followers) == 1 and calls == ["chorus-versions"] * 3
+    logged = [r for r in caplog.records if "a poll failed" in r.getMessage()]
+    assert len(logged) == 1  # at most once a minute
