@@ -137,6 +137,8 @@ class ExperimentEngine:
         self._snapshot: Snapshot | None = None
         self._routers: dict[tuple[str, int], Router] = {}
         self._stats: dict[str, tuple[float, dict[str, ArmStats]]] = {}
+        #: Bumped by ``invalidate``: a stats read begun before it must not be cached after it.
+        self._generation = 0
 
     # -- definitions -------------------------------------------------------------------------
     def invalidate(self) -> None:
@@ -144,6 +146,7 @@ class ExperimentEngine:
         with self._lock:
             self._snapshot = None
             self._stats.clear()
+            self._generation += 1
 
     def snapshot(self) -> Snapshot:
         """The definitions, read again when older than ``ttl`` or the model version changed."""
@@ -227,6 +230,7 @@ class ExperimentEngine:
         cached = self._stats.get(experiment.name)
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
+        generation = self._generation
         definition = experiment.definition
         with self.db.sessions.session_factory() as session:  # as in _read
             if kind == "reward":
@@ -243,7 +247,9 @@ class ExperimentEngine:
                     )
                     for arm, values in latencies.items()
                 }
-        self._stats[experiment.name] = (now, stats)
+        with self._lock:
+            if generation == self._generation:  # else invalidated meanwhile: the read is old
+                self._stats[experiment.name] = (now, stats)
         return stats
 
     def route(

@@ -258,3 +258,36 @@ def test_api_errors_are_json(client, method, path, status):
     assert response.is_json and set(response.get_json()) == {"error"}
     if status == 405:
         assert "Allow" in response.headers
+
+
+def test_bandit_stats_read_across_an_invalidation_are_not_cached(
+    app, client, admin_headers, monkeypatch
+) -> None:
+    """A stats read in flight when a definition changed (``invalidate``) used to store its old
+    numbers back into the cache just cleared, for the next TTL."""
+    import store
+
+    made = client.post(
+        "/api/v1/inference/ensemble",
+        json={
+            "name": "bandit",
+            "strategy": "bandit",
+            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+        },
+        headers=admin_headers,
+    )
+    assert made.status_code == 201, made.get_json()
+    engine = app.extensions["chorus"].engine
+    experiment = engine.snapshot().experiments["bandit"]
+    real = store.reward_window
+
+    def changed_meanwhile(*args, **kwargs):
+        engine.invalidate()  # as a PATCH in another thread would, mid-read
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "reward_window", changed_meanwhile)
+    engine._arm_stats(experiment)
+    assert "bandit" not in engine._stats
+    monkeypatch.setattr(store, "reward_window", real)
+    engine._arm_stats(experiment)
+    assert "bandit" in engine._stats  # an undisturbed read is cached as before
