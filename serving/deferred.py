@@ -79,7 +79,8 @@ class DeferredRunner:
         try:
             jobs.put_nowait(job)
         except queue.Full:
-            self.overflowed += 1
+            with self._lock:  # threaded workers: += is a read and a write
+                self.overflowed += 1
             log.warning(
                 "deferred queue full (%d): running the job in the request", self.max_pending
             )
