@@ -38,6 +38,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 FORM_OVERHEAD_BYTES = 64 * 1024
 #: Shortest SECRET_KEY accepted outside debug: 32 bytes, what HMAC-SHA256 keys need.
 MIN_SECRET_KEY_BYTES = 32
+#: Shortest ADMIN_PASSWORD accepted outside debug: the sign-in limit (100 an hour per address)
+#: slows guessing, it cannot save a short word.
+MIN_ADMIN_PASSWORD_CHARS = 12
 _ENV_KEYS = (
     "SECRET_KEY",
     "ADMIN_PASSWORD",
@@ -159,6 +162,13 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
             )
         config["SECRET_KEY"] = secrets.token_hex(32)
         log.warning("SECRET_KEY not set: using a random key (debug/testing only)")
+    password = config.get("ADMIN_PASSWORD") or ""
+    if password and len(password) < MIN_ADMIN_PASSWORD_CHARS and not (app.debug or app.testing):
+        raise ConfigError(
+            f"ADMIN_PASSWORD is {len(password)} characters long; it must be at least "
+            f"{MIN_ADMIN_PASSWORD_CHARS} (leave it unset to keep admin closed). Generate one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(16))'."
+        )
     key = config["SECRET_KEY"]
     key_bytes = len(key.encode("utf-8") if isinstance(key, str) else key)
     if key_bytes < MIN_SECRET_KEY_BYTES and not (app.debug or app.testing):

@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="chorus-routing-") as workdir:
         app = create_app(
             {
-                "SECRET_KEY": "bench",
-                "ADMIN_PASSWORD": "bench",
+                "SECRET_KEY": "bench-routing-" + "k" * 32,  # at least 32 bytes outside tests
+                "ADMIN_PASSWORD": "bench-routing-password",
                 "DATABASE_URL": f"sqlite:///{Path(workdir) / 'chorus.db'}",
                 "LOG_LEVEL": "WARNING",  # one INFO line per prediction would be timed too
             }

@@ -127,6 +127,20 @@ def test_a_short_secret_key_is_refused_outside_debug(monkeypatch, app_bundle, tm
     create_app({**config, "SECRET_KEY": "short"}).extensions["chorus_store"].close()
 
 
+def test_a_short_admin_password_is_refused_outside_debug(monkeypatch, app_bundle, tmp_path):
+    """The sign-in limit slows guessing; a password of a few letters would still fall to it."""
+    monkeypatch.delenv("FLASK_DEBUG", raising=False)
+    config = {
+        "BUNDLE": app_bundle,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/p.db",
+        "SECRET_KEY": "k" * 32,
+    }
+    with pytest.raises(ConfigError, match="ADMIN_PASSWORD is 11 characters long"):
+        create_app({**config, "ADMIN_PASSWORD": "x" * 11})
+    create_app({**config, "ADMIN_PASSWORD": "x" * 12}).extensions["chorus_store"].close()
+    create_app({**config, "ADMIN_PASSWORD": None}).extensions["chorus_store"].close()
+
+
 # -- bodies, errors, logs ----------------------------------------------------------------------
 def test_deeply_nested_feedback_is_a_400_and_big_json_a_413(client) -> None:
     url = "/api/v1/predictions/" + "a" * 32 + "/feedback"
