@@ -312,6 +312,7 @@ def rates(abstainer: Abstainer, parts: dict[str, np.ndarray]) -> dict[str, float
 
 
 def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
+    """The command line of ``python -m ensembles.abstention``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", type=Path, required=True, help="models/artifacts/<version>")
     parser.add_argument("--data", type=Path, default=None, help="Fashion-MNIST IDX directory")
@@ -416,6 +417,7 @@ def fit(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
+    """Fit the abstention combiner for an artifact and write ``abstention.json`` into it."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     record = fit(parse_args(argv))

@@ -105,6 +105,7 @@ def _now() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Record the drift reference of an artifact in its manifest."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default=None, help="artifact version (default: newest)")
     parser.add_argument("--artifacts", type=Path, default=ARTIFACT_ROOT, help="artifact root")

@@ -62,16 +62,19 @@ class MetaModel:
     intercept: np.ndarray  # (C,)
 
     def predict_proba(self, member_probs: np.ndarray) -> np.ndarray:
+        """Class probabilities from the members' probabilities (a softmax of the logits)."""
         z = meta_features(member_probs) @ self.coef.T + self.intercept
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        """The weights as named arrays, for safetensors (no pickle)."""
         return {"coef": self.coef, "intercept": self.intercept}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> MetaModel:
+        """The meta-model back from ``to_arrays``' arrays."""
         return cls(coef=np.asarray(arrays["coef"]), intercept=np.asarray(arrays["intercept"]))
 
 

@@ -64,6 +64,7 @@ class DefinitionService:
         self.results = results
 
     def bundle(self) -> EnsembleBundle:
+        """The serving bundle, or 503 while no model version is loaded."""
         bundle = self._bundle()
         if bundle is None:
             raise Unavailable("No model is loaded, so nothing can be created or changed now.")

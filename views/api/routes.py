@@ -136,12 +136,14 @@ def list_definitions() -> ResponseReturnValue:
 @bp.get("/inference/ensemble/<name>")
 @admin_required
 def get_definition(name: str) -> ResponseReturnValue:
+    """The stored definition of an ensemble or experiment, as created (404 if none)."""
     return jsonify(services().definitions.get(name))
 
 
 @bp.delete("/inference/ensemble/<name>")
 @admin_required
 def delete_definition(name: str) -> ResponseReturnValue:
+    """Delete a created definition (built-ins and ones in use are refused with a 409)."""
     services().definitions.delete(name, actor())
     return jsonify(deleted=name)
 
@@ -172,6 +174,7 @@ def _summary(e: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/experiments/<name>")
 @admin_required
 def experiment(name: str) -> ResponseReturnValue:
+    """One experiment: status, router, shares, arms and its decision, if any."""
     definitions = services().definitions
     definitions.experiment(name)  # 404 for an ensemble or nothing
     return jsonify(definitions.get(name))
@@ -198,18 +201,21 @@ def _decide(name: str, verb: str) -> ResponseReturnValue:
 @bp.post("/experiments/<name>/promote")
 @admin_required
 def promote(name: str) -> ResponseReturnValue:
+    """End the experiment serving the named arm to everyone (recorded with who and why)."""
     return _decide(name, "promote")
 
 
 @bp.post("/experiments/<name>/rollback")
 @admin_required
 def rollback(name: str) -> ResponseReturnValue:
+    """End the experiment serving its control to everyone."""
     return _decide(name, "rollback")
 
 
 @bp.post("/experiments/<name>/stop")
 @admin_required
 def stop(name: str) -> ResponseReturnValue:
+    """End the experiment without a winner; its control serves."""
     return _decide(name, "stop")
 
 

@@ -189,6 +189,7 @@ def render_refused(status: int, message: str) -> ResponseReturnValue | None:
 
 
 def index() -> ResponseReturnValue:
+    """The home page: pick a strategy and upload an image."""
     return render_index(ChooseUploadForm(choices=_choices()))
 
 
@@ -219,6 +220,7 @@ def strategy(name: str) -> ResponseReturnValue:
 
 
 def prediction(prediction_id: str) -> ResponseReturnValue:
+    """A stored prediction's result page, shown from the store (the upload is not decoded again)."""
     return render_prediction(_load(prediction_id))
 
 
