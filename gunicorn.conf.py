@@ -15,6 +15,7 @@ GUNICORN_KEEPALIVE         5               idle keep-alive seconds (sync workers
 GUNICORN_ACCESS_LOG        -               access log file; "-" is stdout, "off" disables it
 GUNICORN_CONTROL_SOCKET    (none)          path for gunicornc's control socket, if wanted
 LOG_LEVEL                  info            gunicorn's error log level (the app reads it too)
+GUNICORN_LOG_LEVEL         LOG_LEVEL       gunicorn's alone, when it should differ from the app's
 FORWARDED_ALLOW_IPS        (none)          TCP peers whose X-Forwarded-* gunicorn believes ("*" when
                                            only a proxy can reach the port, as in compose)
 METRICS_DIR                /dev/shm        where this server's Prometheus multiprocess folder goes
@@ -106,7 +107,13 @@ access_log_format = (
     '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s rid=%({x-request-id}o)s "%(a)s"'
 )
 errorlog = "-"
-loglevel = (os.environ.get("LOG_LEVEL", "").strip() or "info").lower()
+# GUNICORN_LOG_LEVEL apart from the app's LOG_LEVEL: bench.load reads gunicorn's INFO lines
+# ("Booting worker with pid") to know every worker is up, whatever the app logs.
+loglevel = (
+    os.environ.get("GUNICORN_LOG_LEVEL", "").strip()
+    or os.environ.get("LOG_LEVEL", "").strip()
+    or "info"
+).lower()
 
 
 def post_fork(server: Any, worker: Any) -> None:

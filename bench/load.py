@@ -226,6 +226,9 @@ class GunicornServer(ChildServer):
             **(env or {}),
         }
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile exports
+        # wait_ready counts the workers from gunicorn's INFO boot lines, even when the app's
+        # LOG_LEVEL is quieter (bench.v2 sets WARNING: it never got ready).
+        env.setdefault("GUNICORN_LOG_LEVEL", "info")
         super().__init__(workdir / "gunicorn.log", env)
         self.admin_password = env["ADMIN_PASSWORD"]
         #: Workers gunicorn.conf.py starts (its default: 2); ready means all of them booted.

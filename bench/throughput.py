@@ -64,6 +64,8 @@ from models.registry import load_artifact
 from serving.catalogue import AB_ARMS
 
 log = logging.getLogger(__name__)
+#: Images per V2 infer call in the batch step.
+V2_BATCH = 64
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_RELEASE = "93cc79f"
 BASELINE_HOME = Path.home() / ".cache" / "chorus"
@@ -198,12 +200,14 @@ def mean_forward_ms(calls: dict[str, Callable[[], object]], repeat: int) -> dict
 
 
 def v2_images_per_s(
-    url: str, images: Sequence[bytes], clients: int, requests: int, batch: int = 64
+    url: str, images: Sequence[bytes], clients: int, requests: int, batch: int = V2_BATCH
 ) -> tuple[tuple[float, int, int], int]:
     """Concurrent V2 infer calls of ``batch`` PNGs each: (images/s, images answered in the
     measured calls, errors), and the images answered with the warm-up call."""
-    body, headers = png_batch_request(images[:batch])
+    files = images[:batch]  # fewer when --images is below the batch size
+    body, headers = png_batch_request(files)
     path = "/v2/models/bagging/infer"
+    batch = len(files)
 
     def client_loop(count: int) -> tuple[int, int, float, float]:
         ok = errors = 0
@@ -324,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients and --requests must be positive and --rounds 1-10")
     if args.v2_clients < 1 or args.v2_requests < 1:
         parser.error("--v2-clients and --v2-requests must be positive")
+    if args.images < V2_BATCH:
+        parser.error(f"--images must be at least {V2_BATCH}, the V2 step's batch size")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     tree = baseline_checkout(args.baseline)
     images = fashion_mnist_pngs(args.images)

@@ -110,3 +110,14 @@ def test_a_malformed_chunked_body_is_a_400_from_the_real_server(
     status = answer.split(b"\r\n", 1)[0]
     assert status.startswith(b"HTTP/1.1 400"), answer[:300]
     assert b"could not be read" in answer
+
+
+def test_a_quiet_app_log_level_still_gets_ready(tmp_path: Path) -> None:
+    """bench.v2 runs the app at LOG_LEVEL=WARNING: gunicorn's worker boot lines went with it,
+    so the ready check counted 0 of 1 workers and gave up after two minutes."""
+    env = {"WEB_CONCURRENCY": "1", "LOG_LEVEL": "WARNING"}
+    with GunicornServer(tmp_path, env=env, ready_timeout=60) as quiet:
+        assert len(quiet.worker_pids()) == 1
+        with Client(quiet.url) as client:
+            assert client.get_json("/readyz")["status"] == "ready"
+    assert "INFO serving" not in quiet.log_text()  # the app itself stayed at WARNING
