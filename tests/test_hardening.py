@@ -322,3 +322,21 @@ def test_an_authorization_header_werkzeug_cannot_read_is_a_401(client, header) -
         response = client.get(path, environ_overrides={"HTTP_AUTHORIZATION": header})
         assert response.status_code == 401, path
         assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_an_ipv6_client_counts_per_64_not_per_address(make_app) -> None:
+    """A client holds a whole /64: counted per address it would have 2^64 budgets."""
+    from views.auth import failure_source
+
+    assert failure_source("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert failure_source("::ffff:198.51.100.7") == "198.51.100.7"
+    assert failure_source("198.51.100.7") == "198.51.100.7"
+    assert failure_source("unknown") == "unknown"
+    client = make_app(AUTH_FAILURE_LIMIT=3).test_client()
+
+    def from_(address: str) -> int:
+        return client.get(STATS, headers=WRONG, environ_base={"REMOTE_ADDR": address}).status_code
+
+    same = [from_(f"2001:db8:1:2::{n:x}") for n in range(1, 5)]
+    assert same == [401, 401, 401, 429]
+    assert from_("2001:db8:1:3::1") == 401  # the next /64 is another client

@@ -1,8 +1,9 @@
 """HTTP Basic auth for the admin pages: user ``admin``, password ``ADMIN_PASSWORD``.
 
 Failed authentications are limited per client address (OWASP ASVS 2.2.1: at most
-``AUTH_FAILURE_LIMIT``, 100, an hour); past the limit every attempt from that address answers
-429 with ``Retry-After`` until the oldest failure leaves the window, the right password too:
+``AUTH_FAILURE_LIMIT``, 100, an hour; an IPv6 client per /64, see ``failure_source``); past
+the limit every attempt from that address answers 429 with ``Retry-After`` until the oldest
+failure leaves the window, the right password too:
 were it still let through, a 429 would only tell a guesser "wrong" and guessing would go on at
 full speed. Only failures count (a signed-in admin's requests add nothing). The count lives in
 the database (``store.throttle``), not in a worker's memory, so N gunicorn workers (or several
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import logging
 import math
 from collections.abc import Callable
@@ -65,6 +67,20 @@ def check_admin() -> None:
         )
 
 
+def failure_source(address: str) -> str:
+    """What a failed sign-in counts against: the client's address, or for IPv6 its /64, the
+    block one subscriber gets (else each of its 2^64 addresses would have its own budget)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # "unknown", or whatever a proxy forwarded
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def _window() -> tuple[int, timedelta]:
     return (
         int(current_app.config["AUTH_FAILURE_LIMIT"]),
@@ -74,7 +90,7 @@ def _window() -> tuple[int, timedelta]:
 
 def _refuse_past_the_limit(user: str | None) -> int:
     """429 while this address is past the hourly limit of failures; else their count so far."""
-    client = client_address()
+    client = failure_source(client_address())
     limit, window = _window()
     now = utcnow()
     count, oldest = recent_auth_failures(store.get_session(), client, window, now)
@@ -100,7 +116,7 @@ def _refuse_past_the_limit(user: str | None) -> int:
 
 def _count_failure(user: str | None, count: int) -> None:
     """Log and count a failed authentication (``count``: the address's failures before it)."""
-    client = client_address()
+    client = failure_source(client_address())
     limit, window = _window()
     record_auth_failure(store.get_session(), client, window, utcnow())
     log.warning(
