@@ -203,6 +203,27 @@ def break_ensemble(
     return apply
 
 
+@pytest.fixture
+def create_experiment(
+    client: FlaskClient, admin_headers: dict[str, str]
+) -> Callable[[str, str], None]:
+    """``create_experiment(name, strategy)``: bagging against boosting, created as the admin."""
+
+    def create(name: str, strategy: str) -> None:
+        made = client.post(
+            "/api/v1/inference/ensemble",
+            json={
+                "name": name,
+                "strategy": strategy,
+                "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
+            },
+            headers=admin_headers,
+        )
+        assert made.status_code == 201, made.get_json()
+
+    return create
+
+
 @pytest.fixture(scope="session")
 def image_png() -> bytes:
     """A Fashion-MNIST-like 28x28 PNG: a light trouser shape on black (the benchmarks' too)."""

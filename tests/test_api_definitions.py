@@ -687,38 +687,39 @@ def test_a_null_patch_changes_nothing_and_writes_no_event(api):
     assert api("GET", "/api/v1/experiments/w").get_json()["revision"] == revision
 
 
+def _two(first: dict, second: dict, **fields) -> dict:
+    return {"name": "big", **fields, "models": [first, second]}
+
+
+BIG = 10**400
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
         (
-            {
-                "name": "big-weight",
-                "aggregation": "weighted_average",
-                "models": [
-                    {"model_id": "bagging-0", "weight": 10**400},
-                    {"model_id": "bagging-1", "weight": 1},
-                ],
-            },
+            _two(
+                {"model_id": "bagging-0", "weight": BIG},
+                {"model_id": "bagging-1", "weight": 1},
+                aggregation="weighted_average",
+            ),
             "models[0].weight",
         ),
         (
-            {
-                "name": "big-threshold",
-                "aggregation": "cascade",
-                "threshold": 10**400,
-                "models": [{"model_id": "bagging-0"}, {"model_id": "bagging-1"}],
-            },
+            _two(
+                {"model_id": "bagging-0"},
+                {"model_id": "bagging-1"},
+                aggregation="cascade",
+                threshold=BIG,
+            ),
             "threshold",
         ),
         (
-            {
-                "name": "big-split",
-                "strategy": "weighted",
-                "models": [
-                    {"model_id": "bagging", "weight": 10**400},
-                    {"model_id": "boosting", "weight": 1},
-                ],
-            },
+            _two(
+                {"model_id": "bagging", "weight": BIG},
+                {"model_id": "boosting", "weight": 1},
+                strategy="weighted",
+            ),
             "models[0].weight",
         ),
     ],

@@ -261,22 +261,13 @@ def test_api_errors_are_json(client, method, path, status):
 
 
 def test_bandit_stats_read_across_an_invalidation_are_not_cached(
-    app, client, admin_headers, monkeypatch
+    app, create_experiment, monkeypatch
 ) -> None:
     """A stats read in flight when a definition changed (``invalidate``) used to store its old
     numbers back into the cache just cleared, for the next TTL."""
     import store
 
-    made = client.post(
-        "/api/v1/inference/ensemble",
-        json={
-            "name": "bandit",
-            "strategy": "bandit",
-            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
-        },
-        headers=admin_headers,
-    )
-    assert made.status_code == 201, made.get_json()
+    create_experiment("bandit", "bandit")
     engine = app.extensions["chorus"].engine
     experiment = engine.snapshot().experiments["bandit"]
     real = store.reward_window

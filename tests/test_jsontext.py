@@ -41,7 +41,7 @@ def test_the_walk_is_not_recursive() -> None:
 
 
 def test_every_json_endpoint_answers_a_lone_surrogate_with_a_400(
-    client, admin_headers, image_png
+    client, admin_headers, image_png, create_experiment
 ) -> None:
     """The five places the fuzzer found answering 500, through the real app."""
 
@@ -56,16 +56,7 @@ def test_every_json_endpoint_answers_a_lone_surrogate_with_a_400(
         headers=admin_headers,
     )
     assert create.status_code == 400 and "surrogate" in create.get_json()["error"]
-    made = client.post(
-        "/api/v1/inference/ensemble",
-        json={
-            "name": "rr",
-            "strategy": "round_robin",
-            "models": [{"model_id": "bagging"}, {"model_id": "boosting"}],
-        },
-        headers=admin_headers,
-    )
-    assert made.status_code == 201
+    create_experiment("rr", "round_robin")
     for path, body in [
         ("/api/v1/experiments/rr/stop", '{"reason": "\\ud800"}'),
         ("/api/v1/experiments/rr/promote", '{"model": "boosting", "reason": "\\ud800"}'),
