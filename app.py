@@ -24,7 +24,7 @@ from models.preprocess import DEFAULT_MAX_PIXELS
 from models.registry import ARTIFACT_ROOT
 from serving import catalogue
 from serving.container import build_services
-from serving.monitoring import DEFAULT_WINDOW, MAX_WINDOW
+from serving.monitoring import DEFAULT_WINDOW, MAX_WINDOW, MIN_DRIFT_WINDOW
 from serving.service import ModelHolder
 from serving.versions import Loader, bundle_loader, startup_version
 from store.db import DatabaseUrlError
@@ -128,14 +128,15 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
     if cap != int(cap):
         raise ConfigError(f"CLIENT_LABEL_CAP must be a whole number, got {cap!r}")
     config["CLIENT_LABEL_CAP"] = int(cap)
-    window = _number("MONITOR_WINDOW", config["MONITOR_WINDOW"], 1, MAX_WINDOW)
+    # At least the predictions drift is judged from, or the drift alarm could never sound.
+    window = _number("MONITOR_WINDOW", config["MONITOR_WINDOW"], MIN_DRIFT_WINDOW, MAX_WINDOW)
     if window != int(window):
         raise ConfigError(
             f"MONITOR_WINDOW must be a whole number, got {config['MONITOR_WINDOW']!r}"
         )
     config["MONITOR_WINDOW"] = int(window)
-    for name in ("TRUSTED_PROXIES", "AUTH_FAILURE_LIMIT"):
-        whole = _number(name, config[name], 0, 1_000_000)
+    for name, low in (("TRUSTED_PROXIES", 0), ("AUTH_FAILURE_LIMIT", 1)):
+        whole = _number(name, config[name], low, 1_000_000)
         if whole != int(whole):
             raise ConfigError(f"{name} must be a whole number, got {config[name]!r}")
         config[name] = int(whole)

@@ -5,7 +5,8 @@ Failed authentications are limited per client address (OWASP ASVS 2.2.1: at most
 the limit every attempt from that address answers 429 with ``Retry-After`` until the oldest
 failure leaves the window, the right password too:
 were it still let through, a 429 would only tell a guesser "wrong" and guessing would go on at
-full speed. Only failures count (a signed-in admin's requests add nothing). The count lives in
+full speed. Only failed attempts count (a request without an ``Authorization`` header, or a
+signed-in admin's, adds nothing). The count lives in
 the database (``store.throttle``), not in a worker's memory, so N gunicorn workers (or several
 instances on one Postgres) share one limit and a restart does not reset it. Behind the proxy
 the address is the one nginx forwarded (``views.hooks.client_address``).
@@ -60,7 +61,10 @@ def check_admin() -> None:
     user_ok = _same(auth.username or "", ADMIN_USER) if ok else False
     password_ok = _same(auth.password or "", password) if ok else False
     if not (ok and user_ok and password_ok):
-        _count_failure(user, count)
+        # Only an attempt counts: a request without credentials (a browser's first, before the
+        # challenge; a link on someone else's page) must not lock the admin out.
+        if "Authorization" in request.headers:
+            _count_failure(user, count)
         raise Unauthorized(
             "Sign in as user “admin” with the ADMIN_PASSWORD the operator configured.",
             www_authenticate=WWWAuthenticate("basic", CHALLENGE),
