@@ -26,6 +26,10 @@ def loads(text: str | bytes) -> Any:
 
 def check(text: str | bytes, value: Any) -> None:
     """Raise ``NotTextError`` if ``value``, parsed from ``text``, holds a lone surrogate."""
+    if isinstance(text, bytes | bytearray):
+        encoding = json.detect_encoding(text)  # what json.loads read it as
+        if encoding != "utf-8":  # UTF-16 or UTF-32: the escape's bytes hold NULs
+            text = bytes(text).decode(encoding, "surrogatepass")
     pattern = _ESCAPE_BYTES if isinstance(text, bytes | bytearray) else _ESCAPE_TEXT
     if not pattern.search(text):  # a valid pair parses to one character: only then walk
         return

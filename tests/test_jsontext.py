@@ -19,6 +19,26 @@ def test_a_lone_surrogate_anywhere_is_refused(text) -> None:
         jsontext.loads(text)
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-32-be"])
+def test_a_lone_surrogate_in_json_sent_as_utf_16_or_32_is_refused(encoding) -> None:
+    """json.loads reads UTF-16 and UTF-32 bytes too; the escape's bytes then hold NULs, which
+    the UTF-8 pattern missed (review: a 500 on stop and create)."""
+    with pytest.raises(jsontext.NotTextError):
+        jsontext.loads(LONE.encode(encoding))
+    assert jsontext.loads('{"e": "\\u00e9"}'.encode(encoding)) == {"e": "é"}
+
+
+def test_console_fields_that_are_not_text_are_a_form_error() -> None:
+    from types import SimpleNamespace
+
+    from experiments.spec import SpecError
+    from views.admin.routes import form_body
+
+    form = SimpleNamespace(extra=SimpleNamespace(data='{"x\\ud800": 1}'))
+    with pytest.raises(SpecError, match="lone UTF-16 surrogate"):
+        form_body(form)  # type: ignore[arg-type]
+
+
 def test_a_surrogate_pair_and_other_escapes_are_text() -> None:
     assert jsontext.loads('{"emoji": "\\ud83d\\ude00", "e": "\\u00e9", "d": "\\uD7FF"}') == {
         "emoji": "\U0001f600",
@@ -91,3 +111,10 @@ def test_every_json_endpoint_answers_a_lone_surrogate_with_a_400(
         },
     )
     assert features.status_code == 400 and "surrogate" in features.get_json()["error"]
+    utf16 = client.post(
+        "/api/v1/experiments/rr/stop",
+        data='{"reason": "\\ud800"}'.encode("utf-16"),
+        content_type="application/json",
+        headers=admin_headers,
+    )
+    assert utf16.status_code == 400 and "surrogate" in utf16.get_json()["error"]

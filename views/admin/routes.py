@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import abort, flash, redirect, render_template, request, url_for
@@ -10,6 +9,7 @@ from flask.typing import ResponseReturnValue
 
 import store
 from experiments.spec import SpecError
+from serving import jsontext
 from serving.errors import ServingError
 from views.admin import bp
 from views.admin.forms import ActionForm, ExperimentForm, MdeForm, MdePointsForm
@@ -66,9 +66,11 @@ def form_body(form: ExperimentForm) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if form.extra.data and form.extra.data.strip():
         try:
-            extra = json.loads(form.extra.data)
+            extra = jsontext.loads(form.extra.data)
         except RecursionError:
             raise SpecError("extra", "Other fields are nested too deeply") from None
+        except jsontext.NotTextError as exc:
+            raise SpecError("extra", str(exc)) from None
         except ValueError as exc:
             raise SpecError("extra", f"Other fields must be a JSON object ({exc})") from None
         if not isinstance(extra, dict):
