@@ -270,8 +270,9 @@ class Metrics:
 
         Input statistics are tests of every model's traffic (``model="inputs"``); a test named
         ``confidence[bagging]`` is ``feature="confidence"`` of ``model="bagging"``."""
+        judged = found.get("detected") is not None  # null: too few predictions to judge
         for test in found.get("tests") or ():
-            if test.get("p_value") is None:
+            if not judged or test.get("p_value") is None:
                 continue
             feature, _, model = str(test["feature"]).partition("[")
             self.drift_p_value.labels(model.rstrip("]") or "inputs", feature).set(test["p_value"])

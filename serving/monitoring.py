@@ -214,8 +214,11 @@ def drift(
         tests.append(_chi2(f"predicted_class[{arm}]", classes, expected["class_counts"]))
     run = [t for t in tests if t["p_value"] is not None]
     threshold = alpha / len(run) if run else alpha
-    for t in run:
-        t["detected"] = t["p_value"] < threshold
+    for t in tests:
+        if not judged:
+            t["detected"] = None  # its p-value is shown, but too few predictions for a verdict
+        elif t["p_value"] is not None:
+            t["detected"] = t["p_value"] < threshold
     return {
         "detected": any(t["detected"] for t in run) if judged else None,
         "min_predictions": MIN_DRIFT_WINDOW,

@@ -303,6 +303,15 @@ def test_a_drift_check_sets_each_tests_p_value_and_the_alarm():
     assert value(families, "ensemble_drift_detected") == 1
 
 
+def test_an_unjudged_window_exports_no_p_values():
+    """Below 100 predictions drift is not judged (detected null): its p-values are not series."""
+    metrics = Metrics()
+    metrics.drift_checked({"detected": None, "tests": [{"feature": "brightness", "p_value": 1e-9}]})
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition()[0].decode())}
+    assert not families["ensemble_drift_p_value"].samples
+    assert value(families, "ensemble_drift_detected") == 0
+
+
 MULTIPROCESS = textwrap.dedent(
     """
     import json, os, sys
