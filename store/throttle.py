@@ -25,6 +25,24 @@ def recent_auth_failures(
     return int(count or 0), oldest
 
 
+def failure_at(
+    session: Session, client: str, window: timedelta, rank: int, now: datetime | None = None
+) -> datetime | None:
+    """The time of ``client``'s ``rank``-th oldest failure within ``window`` (0: the oldest):
+    past the limit by k, the address is free again when its k-th oldest failure ages out."""
+    since = (now or utcnow()) - window
+    query = (
+        select(AuthFailure.at)
+        .where(AuthFailure.client == client, AuthFailure.at > since)
+        .order_by(AuthFailure.at)
+        .offset(max(0, rank))
+        .limit(1)
+    )
+    at = session.execute(query).scalar_one_or_none()
+    session.commit()  # end the read transaction, as recent_auth_failures does
+    return at
+
+
 def record_auth_failure(
     session: Session, client: str, window: timedelta, now: datetime | None = None
 ) -> None:

@@ -89,6 +89,23 @@ def test_a_failure_limit_below_one_is_refused_at_start(make_app) -> None:
         make_app(AUTH_FAILURE_LIMIT=0)
 
 
+def test_past_the_limit_by_more_retry_after_waits_for_enough_failures_to_age_out(
+    make_app,
+) -> None:
+    """Two failures, then two more 2 s later; with the limit lowered to 2 the address is over it
+    by two, so it is free when the third oldest ages out, not the oldest (which said ~4 s)."""
+    loose = make_app(AUTH_FAILURE_LIMIT=10, AUTH_FAILURE_WINDOW=6.0)
+    assert _fail(loose.test_client(), 2) == [401, 401]
+    time.sleep(2.0)
+    assert _fail(loose.test_client(), 2) == [401, 401]
+    strict = make_app(
+        AUTH_FAILURE_LIMIT=2, AUTH_FAILURE_WINDOW=6.0, DATABASE_URL=loose.config["DATABASE_URL"]
+    )
+    refused = strict.test_client().get(STATS, headers=WRONG)
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) >= 5
+
+
 def test_old_failures_expire(make_app, admin_headers) -> None:
     client = make_app(AUTH_FAILURE_LIMIT=2, AUTH_FAILURE_WINDOW=1.0).test_client()
     assert _fail(client, 3) == [401, 401, 429]

@@ -29,7 +29,7 @@ from werkzeug.exceptions import TooManyRequests, Unauthorized
 
 import store
 from store.models import utcnow
-from store.throttle import recent_auth_failures, record_auth_failure
+from store.throttle import failure_at, recent_auth_failures, record_auth_failure
 from views.hooks import client_address, loggable
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ def _refuse_past_the_limit(user: str | None) -> int:
     count, oldest = recent_auth_failures(store.get_session(), client, window, now)
     if count < limit:
         return count
+    if count > limit:  # a burst passed the check together, or the limit was lowered since
+        oldest = failure_at(store.get_session(), client, window, count - limit, now) or oldest
     wait = (oldest + window - now).total_seconds() if oldest is not None else 1.0
     retry_after = max(1, math.ceil(wait))
     log.warning(
