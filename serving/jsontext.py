@@ -13,6 +13,10 @@ _ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 _ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+#: What json.loads makes that can hold a string (numbers, bools and null cannot).
+_HOLDS_TEXT = frozenset({dict, list, str})
+
+
 class NotTextError(ValueError):
     """The JSON holds a string with a lone UTF-16 surrogate."""
 
@@ -38,9 +42,9 @@ def check(text: str | bytes, value: Any) -> None:
         item = stack.pop()
         if isinstance(item, dict):
             stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend(v for v in item.values() if type(v) in _HOLDS_TEXT)
+        elif isinstance(item, list):  # a V2 tensor's million numbers are skipped in one pass
+            stack.extend(v for v in item if type(v) in _HOLDS_TEXT)
         elif isinstance(item, str):
             try:
                 item.encode("utf-8")
