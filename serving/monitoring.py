@@ -107,24 +107,31 @@ def agreement(members: Sequence[Sequence[Mapping[str, Any]]], answers: np.ndarra
     return float(np.mean(shares)) if shares else None
 
 
-def ensemble_health(rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
-    """One ensemble's numbers over its rows of the window."""
-    n = len(rows)
-    answers = np.array([r["class_index"] for r in rows], dtype=np.int64)
+def labelled_outcomes(rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
+    """What the rows with feedback say: accuracy, confusion, per-class scores, calibration."""
     labelled = [r for r in rows if r["true_class_index"] is not None]
     true = np.array([r["true_class_index"] for r in labelled], dtype=np.int64)
     said = np.array([r["class_index"] for r in labelled], dtype=np.int64)
     matrix = confusion(true, said, len(classes))
     correct = (true == said).astype(np.float64)
     confidence = np.array([r["confidence"] for r in labelled], dtype=np.float64)
-    latencies = [float(r["latency_ms"]) for r in rows]
     return {
-        "predictions": n,
         "labelled": len(labelled),
         "accuracy": float(correct.mean()) if labelled else None,
         "confusion": {"classes": list(classes), "matrix": matrix.tolist()},
         "per_class": per_class(matrix, classes),
         "calibration": calibration(confidence, correct),
+    }
+
+
+def ensemble_health(rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
+    """One ensemble's numbers over its rows of the window."""
+    n = len(rows)
+    answers = np.array([r["class_index"] for r in rows], dtype=np.int64)
+    latencies = [float(r["latency_ms"]) for r in rows]
+    return {
+        "predictions": n,
+        **labelled_outcomes(rows, classes),
         "agreement": agreement([r["members"] for r in rows], answers),
         "fallback_rate": sum(r["fallback"] is not None for r in rows) / n if n else None,
         "dropped_member_rate": sum(bool(r["degraded"]) for r in rows) / n if n else None,
@@ -235,8 +242,8 @@ def drift(
 
 def _overall(rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
     """The whole window's calibration and confusion, every serving model together."""
-    health = ensemble_health(rows, classes)
-    return {key: health[key] for key in ("calibration", "confusion")}
+    outcomes = labelled_outcomes(rows, classes)
+    return {key: outcomes[key] for key in ("calibration", "confusion")}
 
 
 def report(
