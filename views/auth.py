@@ -2,14 +2,13 @@
 
 Failed authentications are limited per client address (OWASP ASVS 2.2.1: at most
 ``AUTH_FAILURE_LIMIT``, 100, an hour; an IPv6 client per /64, see ``failure_source``); past
-the limit every attempt from that address answers 429 with ``Retry-After`` until the oldest
-failure leaves the window, the right password too:
-were it still let through, a 429 would only tell a guesser "wrong" and guessing would go on at
-full speed. Only failed attempts count (a request without an ``Authorization`` header, or a
-signed-in admin's, adds nothing). The count lives in
-the database (``store.throttle``), not in a worker's memory, so N gunicorn workers (or several
-instances on one Postgres) share one limit and a restart does not reset it. Behind the proxy
-the address is the one nginx forwarded (``views.hooks.client_address``).
+the limit every attempt from that address answers 429 with ``Retry-After`` until enough
+failures leave the window, the right password too: were it still let through, a 429 would only
+tell a guesser "wrong" and guessing would go on at full speed. Only failed attempts count (a
+request without an ``Authorization`` header, or a signed-in admin's, adds nothing). The count
+lives in the database (``store.throttle``), not in a worker's memory, so N gunicorn workers (or
+several instances on one Postgres) share one limit and a restart does not reset it. Behind the
+proxy the address is the one nginx forwarded (``views.hooks.client_address``).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import ipaddress
 import logging
 import math
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from flask import abort, current_app, request
@@ -54,8 +53,9 @@ def check_admin() -> None:
     except ValueError:  # werkzeug: "Basic" then bytes that are not base64 ASCII
         auth = None
     user = auth.username if auth is not None else None
+    client, now = failure_source(client_address()), utcnow()
     # Checked before the password is: past the limit no answer says whether a guess was right.
-    count = _refuse_past_the_limit(user)
+    count = _refuse_past_the_limit(client, user, now)
     ok = auth is not None and auth.type == "basic"
     # Both comparisons always run, so timing does not tell which part was wrong.
     user_ok = _same(auth.username or "", ADMIN_USER) if ok else False
@@ -64,7 +64,7 @@ def check_admin() -> None:
         # Only an attempt counts: a request without credentials (a browser's first, before the
         # challenge; a link on someone else's page) must not lock the admin out.
         if "Authorization" in request.headers:
-            _count_failure(user, count)
+            _count_failure(client, user, count, now)
         raise Unauthorized(
             "Sign in as user “admin” with the ADMIN_PASSWORD the operator configured.",
             www_authenticate=WWWAuthenticate("basic", CHALLENGE),
@@ -92,11 +92,9 @@ def _window() -> tuple[int, timedelta]:
     )
 
 
-def _refuse_past_the_limit(user: str | None) -> int:
-    """429 while this address is past the hourly limit of failures; else their count so far."""
-    client = failure_source(client_address())
+def _refuse_past_the_limit(client: str, user: str | None, now: datetime) -> int:
+    """429 while ``client`` is past the hourly limit of failures; else their count so far."""
     limit, window = _window()
-    now = utcnow()
     count, oldest = recent_auth_failures(store.get_session(), client, window, now)
     if count < limit:
         return count
@@ -120,11 +118,10 @@ def _refuse_past_the_limit(user: str | None) -> int:
     )
 
 
-def _count_failure(user: str | None, count: int) -> None:
-    """Log and count a failed authentication (``count``: the address's failures before it)."""
-    client = failure_source(client_address())
+def _count_failure(client: str, user: str | None, count: int, now: datetime) -> None:
+    """Log and count a failed authentication (``count``: the client's failures before it)."""
     limit, window = _window()
-    record_auth_failure(store.get_session(), client, window, utcnow())
+    record_auth_failure(store.get_session(), client, window, now)
     log.warning(
         "admin authentication failed from %s (user %s): %d of %d allowed failures per %ds",
         client,
