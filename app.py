@@ -77,6 +77,14 @@ def _number(name: str, value: Any, low: float, high: float) -> float:
     return number
 
 
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    """``_number`` for a setting that counts something: a whole number as well."""
+    number = _number(name, value, low, high)
+    if number != int(number):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
 def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
     """Defaults, then the environment (DESIGN.md's variables), then ``test_config``; validated."""
     app.config.from_mapping(
@@ -124,22 +132,14 @@ def configure(app: Flask, test_config: Mapping[str, Any] | None) -> None:
     config["DECISION_INTERVAL"] = _number(
         "DECISION_INTERVAL", config["DECISION_INTERVAL"], 0.0, 3600.0
     )
-    cap = _number("CLIENT_LABEL_CAP", config["CLIENT_LABEL_CAP"], 1, 1_000_000_000)
-    if cap != int(cap):
-        raise ConfigError(f"CLIENT_LABEL_CAP must be a whole number, got {cap!r}")
-    config["CLIENT_LABEL_CAP"] = int(cap)
-    # At least the predictions drift is judged from, or the drift alarm could never sound.
-    window = _number("MONITOR_WINDOW", config["MONITOR_WINDOW"], MIN_DRIFT_WINDOW, MAX_WINDOW)
-    if window != int(window):
-        raise ConfigError(
-            f"MONITOR_WINDOW must be a whole number, got {config['MONITOR_WINDOW']!r}"
-        )
-    config["MONITOR_WINDOW"] = int(window)
-    for name, low in (("TRUSTED_PROXIES", 0), ("AUTH_FAILURE_LIMIT", 1)):
-        whole = _number(name, config[name], low, 1_000_000)
-        if whole != int(whole):
-            raise ConfigError(f"{name} must be a whole number, got {config[name]!r}")
-        config[name] = int(whole)
+    for name, low, high in (
+        ("CLIENT_LABEL_CAP", 1, 1_000_000_000),
+        # At least the predictions drift is judged from, or the drift alarm could never sound.
+        ("MONITOR_WINDOW", MIN_DRIFT_WINDOW, MAX_WINDOW),
+        ("TRUSTED_PROXIES", 0, 1_000_000),
+        ("AUTH_FAILURE_LIMIT", 1, 1_000_000),
+    ):
+        config[name] = _whole(name, config[name], low, high)
     secure = str(config["SESSION_COOKIE_SECURE"]).strip().lower()
     config["SESSION_COOKIE_SECURE"] = secure in ("1", "true", "yes", "on")
     config["RUNTIME"] = str(config["RUNTIME"]).strip().lower()
