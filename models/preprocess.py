@@ -201,6 +201,17 @@ def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
     return image
 
 
+def declared_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The pixels an upload's header declares, read without decoding it, so a batch's pixel
+    budget is checked before any of its files costs a decode; bad files raise as ``analyse``."""
+    image = _open(data, max_pixels)
+    try:
+        width, height = image.size
+    finally:
+        image.close()
+    return width * height
+
+
 def _upright(image: Image.Image, in_place: bool) -> Image.Image:
     """Undo the EXIF orientation; a damaged EXIF block leaves the pixels as they are."""
     try:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from models.preprocess import (
     Preprocessed,
     PreprocessError,
     analyse,
+    declared_pixels,
 )
 from models.tensor import IMAGE_SIZE, to_tensor
 from serving import jsontext
@@ -57,6 +58,9 @@ _FEATURE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 #: A class index written as text: a few ASCII digits.
 _INDEX_TEXT = re.compile(r"[0-9]{1,4}")
 _PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+#: What one upload step of a batch gives back (its pixel count, its preprocessing).
+T = TypeVar("T")
 
 
 @dataclass
@@ -480,25 +484,24 @@ class PredictionService:
         self.recorder.predictions([{**row, "latency_ms": latency, "error": error} for row in rows])
 
     def _preprocess_files(self, files: Sequence[bytes]) -> list[Preprocessed]:
-        """Each file's upload preprocessing, in order, within ``max_batch_pixels`` together: a
-        batch of 256 files of 25 MP each would otherwise cost a worker minutes of decoding."""
-        pres, total = [], 0
+        """Each file's upload preprocessing, in order, within ``max_batch_pixels`` together,
+        counted from the headers before any file is decoded: a batch of 256 files of 25 MP each
+        would otherwise cost a worker minutes of decoding."""
+        total = 0
         for index, data in enumerate(files):
-            pre = self._preprocess_nth(index, data)
-            total += int(pre.features.get("width") or 0) * int(pre.features.get("height") or 0)
+            total += self._nth(index, declared_pixels, data)
             if total > self.max_batch_pixels:
                 raise ImageTooLargeError(
                     f"image[{index}]: the batch's images hold {total:,} pixels up to here, more "
                     f"than the {self.max_batch_pixels:,} one batch may; send fewer or smaller "
                     "images per request."
                 )
-            pres.append(pre)
-        return pres
+        return [self._nth(index, self.preprocess, data) for index, data in enumerate(files)]
 
-    def _preprocess_nth(self, index: int, data: bytes) -> Preprocessed:
-        """The upload preprocessing of one file of a batch; its error names the file."""
+    def _nth(self, index: int, step: Callable[[bytes, int], T], data: bytes) -> T:
+        """One upload step on one file of a batch; its error names the file."""
         try:
-            return self.preprocess(data, self.max_pixels)
+            return step(data, self.max_pixels)
         except PreprocessError as exc:
             raise type(exc)(f"image[{index}]: {exc}") from None
 

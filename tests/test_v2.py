@@ -20,7 +20,7 @@ from sqlalchemy import select
 import store
 from ensembles.uncertainty import FEATURES, Abstainer
 from experiments.assignment import hash_client_id
-from models.preprocess import to_uint8_canvas
+from models.preprocess import analyse, to_uint8_canvas
 from models.tensor import to_tensor
 from serving.inference_protocol import HEADER_LENGTH, MAX_BATCH
 from tests.fakes import FAKE_VERSION, MEMBERS
@@ -722,7 +722,16 @@ def test_a_batch_holds_at_most_four_uploads_worth_of_pixels(make_app) -> None:
     """Each file is capped at MAX_IMAGE_PIXELS, and a batch's files together at four times that:
     256 small-on-the-wire PNGs of 25 MP each would cost a worker minutes of decoding (found by
     review). Here the cap is 10,000 pixels, so five 100x100 images pass the batch's 40,000."""
-    client = make_app(MAX_IMAGE_PIXELS=10_000).test_client()
+    app = make_app(MAX_IMAGE_PIXELS=10_000)
+    client = app.test_client()
+    service = app.extensions["chorus"].prediction
+    decoded: list[int] = []
+
+    def counting(data: bytes, max_pixels: int):
+        decoded.append(len(data))
+        return analyse(data, max_pixels)
+
+    service.preprocess = counting
     canvas = np.zeros((100, 100), np.uint8)
     canvas[20:80, 35:65] = 200
     buffer = io.BytesIO()
@@ -733,3 +742,5 @@ def test_a_batch_holds_at_most_four_uploads_worth_of_pixels(make_app) -> None:
     assert five.status_code == 413
     error = five.get_json()["error"]
     assert error.startswith("image[4]: the batch's images hold 50,000 pixels") and "40,000" in error
+    # Counted from the headers: the refused batch cost no decode, the accepted one four.
+    assert len(decoded) == 4
