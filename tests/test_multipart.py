@@ -312,9 +312,33 @@ def test_a_small_form_over_the_part_or_field_limits_says_which_limit(client) -> 
         error = response.get_json()["error"]
         assert "more than 1000 parts, or a text field over 500 KB" in error, error
         assert "larger than" not in error
+        # Chunked (no Content-Length, as a server that ends the stream itself hands it over).
+        chunked = client.post(
+            "/api/v1/predict",
+            input_stream=io.BytesIO(body),
+            content_type="multipart/form-data; boundary=b",
+            headers={"Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+        assert chunked.request.content_length is None
+        assert chunked.status_code == 413
+        assert "more than 1000 parts" in chunked.get_json()["error"]
     too_big = client.post(
         "/api/v1/predict",
         data=b"x" * (client.application.config["MAX_CONTENT_LENGTH"] + 1),
         content_type="multipart/form-data; boundary=b",
     )
     assert too_big.status_code == 413 and "larger than 10 MB" in too_big.get_json()["error"]
+    too_big_chunked = client.post(
+        "/api/v1/predict",
+        input_stream=io.BytesIO(
+            b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+            + b"x" * client.application.config["MAX_CONTENT_LENGTH"]
+            + b"\r\n--b--\r\n"
+        ),
+        content_type="multipart/form-data; boundary=b",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert too_big_chunked.status_code == 413
+    assert "larger than 10 MB" in too_big_chunked.get_json()["error"]

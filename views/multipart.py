@@ -31,6 +31,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import File, MultipartDecoder
+from werkzeug.wsgi import LimitedStream
 
 from serving import jsontext
 
@@ -279,15 +280,20 @@ class LeanRequest(Request):
     form_data_parser_class = LeanFormDataParser
 
     def _load_form_data(self) -> None:
-        """werkzeug's parse; a body within the size cap refused for werkzeug's part or text
-        field limits says so (its bare 413 read as "the upload is larger than 10 MB")."""
+        """werkzeug's parse; a body within the size cap (by its length, or for a chunked one by
+        how much was read) refused for werkzeug's part or text field limits says so (its bare
+        413 read as "the upload is larger than 10 MB")."""
         try:
             super()._load_form_data()
         except RequestEntityTooLarge as exc:
             cap, length = self.max_content_length, self.content_length
-            if exc.description != RequestEntityTooLarge.description or length is None:
+            if exc.description != RequestEntityTooLarge.description:
                 raise
-            if cap is not None and length > cap:
+            if length is None:  # chunked: over the cap only if the capped stream ran out
+                stream = self.stream
+                if not isinstance(stream, LimitedStream) or stream.is_exhausted:
+                    raise
+            elif cap is not None and length > cap:
                 raise
             raise RequestEntityTooLarge(
                 f"The form has more than {self.max_form_parts} parts, or a text field over "
