@@ -15,8 +15,10 @@ the ratio now/then against the issue's targets (>= 2.4x and >= 300/s), p99 again
 Little mean, server CPU per request against the mean forward + 1.5 ms, the forward-only
 ceiling (workers / the mean one-image forward over the strategy mix, timed in this process on
 the serving runtime before the rounds and after them, the mean of the two; both are printed,
-since a shared machine's speed can drift within a run), and the V2 endpoint's images/s for
-batches of 64 from concurrent clients. Exit status 1 when a request failed or a record was lost.
+since a shared machine's speed can drift within a run), each server's CPU per request with
+the client's (where the two cores bind, the ratio the CPU allows, and the CPU per request
+2.4x would need), and the V2 endpoint's images/s for batches of 64 from concurrent clients.
+Exit status 1 when a request failed or a record was lost.
 """
 
 from __future__ import annotations
@@ -287,6 +289,9 @@ def report(
     p99_ratio = f["p99"] / f["little"]
     cpu_budget = mix + TARGET_OUTSIDE_FORWARD_MS
     v2_rate, v2_images, v2_errors = v2
+    # Both servers saturate the same cores, shared with the client: the ratio follows the CPU.
+    then_cpu = rows[then.name]["server_ms"] + rows[then.name]["client_ms"]
+    now_cpu = f["server_ms"] + f["client_ms"]
     errors = sum(int(rows[t.name]["errors"]) for t in tallies) + v2_errors
     out += [
         "",
@@ -307,6 +312,9 @@ def report(
         + f"; mix mean {mix:.2f}",
         f"forward-only ceiling: {workers} workers / {mix:.2f} ms = {ceiling:.0f} predictions/s; "
         f"now reaches {100 * f['per_s'] / ceiling:.0f}% of it",
+        f"CPU per request, server + client: then {then_cpu:.2f}, now {now_cpu:.2f} ms: "
+        f"{then_cpu / now_cpu:.2f}x where the cores are the limit; {TARGET_RATIO}x needs now "
+        f"<= {then_cpu / TARGET_RATIO:.2f} ms, {mix:.2f} of it the forward",
         f"V2 /v2/models/bagging/infer, batches of 64 from concurrent clients: {v2_rate:.0f} "
         f"images/s ({v2_images} images, {v2_errors} errors)",
     ]

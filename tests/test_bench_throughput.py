@@ -51,6 +51,9 @@ def test_the_verdicts_follow_the_figures():
     assert "4.00x" in text  # 400/s against 100/s
     assert "3.00    target <= forward 2.00 + 1.5 = 3.50   ok" in text
     assert "2 workers / 2.00 ms = 1000 predictions/s; now reaches 40% of it" in text
+    # 14 ms against 3 ms of CPU per request (no client CPU here): 4.67x if the cores bind.
+    assert "then 14.00, now 3.00 ms: 4.67x where the cores are the limit" in text
+    assert "2.4x needs now <= 5.83 ms, 2.00 of it the forward" in text
     assert "MISSED" not in text
 
 
