@@ -315,8 +315,8 @@ def report(
         f"CPU per request, server + client: then {then_cpu:.2f}, now {now_cpu:.2f} ms: "
         f"{then_cpu / now_cpu:.2f}x where the cores are the limit; {TARGET_RATIO}x needs now "
         f"<= {then_cpu / TARGET_RATIO:.2f} ms, {mix:.2f} of it the forward",
-        f"V2 /v2/models/bagging/infer, batches of 64 from concurrent clients: {v2_rate:.0f} "
-        f"images/s ({v2_images} images, {v2_errors} errors)",
+        f"V2 /v2/models/bagging/infer, batches of {V2_BATCH} from concurrent clients: "
+        f"{v2_rate:.0f} images/s ({v2_images} images, {v2_errors} errors)",
     ]
     return "\n".join(out) + "\n", errors == 0 and not any(lost.values())
 
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (1-10)")
     parser.add_argument("--images", type=int, default=500, help="distinct test images")
     parser.add_argument("--v2-clients", type=int, default=4)
-    parser.add_argument("--v2-requests", type=int, default=40, help="batches of 64 in all")
+    parser.add_argument("--v2-requests", type=int, default=40, help=f"batches of {V2_BATCH} in all")
     parser.add_argument("--repeat", type=int, default=300, help="timed forwards per strategy")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.requests < 1 or not 1 <= args.rounds <= 10:
